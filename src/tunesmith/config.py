@@ -1,0 +1,294 @@
+"""The run configuration: defaults, then a YAML file, then ``--set a.b=value`` overrides.
+
+Every knob of a run lives here with its help text next to it. Unknown keys are
+errors with a did-you-mean, so a typo never silently falls back to a default.
+The resolved config (every default written out) is saved into the run directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+MethodName = Literal[
+    "full", "lora", "dora", "qlora", "prefix", "prompt", "ia3", "adapter", "freeze"
+]
+ObjectiveName = Literal["sft", "pretrain", "dpo", "ipo", "orpo", "reward", "rlhf", "distill"]
+
+
+class ConfigError(Exception):
+    """A config the user must fix; the message names the key, the allowed values and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        DEFAULT_MODEL,
+        description="Base model: 'smollm2-135m-instruct' (bundled, offline) or a local "
+        "Hugging Face model dir.",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where converted models are cached (default ~/.cache/tunesmith/models, "
+        "or $TUNESMITH_CACHE).",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with a model dir. Enable only for code you trust.",
+    )
+
+
+class DataConfig(_Section):
+    train: list[Path] = Field(
+        default_factory=list, description="Training files (JSONL, JSON, CSV/TSV, Parquet)."
+    )
+    validation: list[Path] | None = Field(
+        None, description="Validation files; carved from train when absent."
+    )
+    test: list[Path] | None = Field(
+        None, description="Held-out test files; carved from train when absent."
+    )
+    format: str = Field(
+        "auto", description="Input format, or 'auto' to detect from the records' keys."
+    )
+    split: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train/validation/test fractions when splits are carved."
+    )
+    seed: int = Field(42, description="Seed of the split (independent of the training seed).")
+    dedup: bool = Field(False, description="Drop exact duplicates (each dropped one is reported).")
+    max_length: int = Field(1024, ge=16, description="Maximum tokens per example.")
+    on_overlength: Literal["drop", "truncate_prompt", "error"] = Field(
+        "drop",
+        description="Examples longer than max_length: drop (counted), cut the oldest prompt "
+        "turns, or stop. The final assistant reply is never cut.",
+    )
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
+            raise ValueError(f"fractions must be >= 0 and sum to 1, got {list(value)}")
+        return value
+
+
+class MethodConfig(_Section):
+    name: MethodName = Field("lora", description="How the base model is adapted.")
+    r: int = Field(16, ge=1, description="LoRA/DoRA/QLoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules to adapt: 'all-linear' or names like [q_proj, v_proj]."
+    )
+    num_virtual_tokens: int = Field(20, ge=1, description="Prefix/prompt tuning: virtual tokens.")
+    adapter_size: int = Field(64, ge=1, description="Adapter layers: bottleneck width.")
+    adapter_activation: Literal["silu", "gelu", "relu", "linear"] = Field(
+        "silu",
+        description="Adapter layers: bottleneck nonlinearity. 'linear' is less expressive but "
+        "merges exactly into the base weights (export to GGUF/vLLM needs a merge).",
+    )
+    trainable_layers: int = Field(
+        2, ge=0, description="freeze: number of last transformer blocks to train."
+    )
+    train_head: bool = Field(False, description="freeze: also train the LM head/embeddings.")
+
+
+class ObjectiveConfig(_Section):
+    name: ObjectiveName = Field("sft", description="What the loss rewards.")
+    beta: float = Field(0.1, gt=0, description="DPO/IPO/ORPO strength.")
+    teacher: str | None = Field(None, description="distill: teacher model name or dir.")
+    temperature: float = Field(2.0, gt=0, description="distill: softmax temperature.")
+    alpha: float = Field(0.5, ge=0, le=1, description="distill: weight of the KD term vs SFT.")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps; overrides epochs when set."
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch (per process).")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float | None = Field(
+        None, gt=0, description="Peak LR; default per method (LoRA 2e-4, full 1e-5)."
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="LR decay after warmup."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    eval_every: int = Field(20, ge=1, description="Optimizer steps between validation passes.")
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="Stop after this many evals without improvement; null: never."
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="Smallest validation-loss drop that counts as improvement."
+    )
+    save_every: int | None = Field(
+        None, ge=1, description="Optimizer steps between checkpoints; default: at each eval."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept (plus the best).")
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="Stop after this many NaN/Inf steps in a row (each is skipped)."
+    )
+    log_every: int = Field(1, ge=1, description="Optimizer steps between metrics.jsonl lines.")
+    seed: int = Field(42, description="Seed of weights init, data order and dropout.")
+    packing: bool = Field(
+        True, description="Pack several examples per row, no attention across them."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present, else CPU."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA with bf16 support, fp32 on CPU."
+    )
+
+
+class EvalConfig(_Section):
+    enabled: bool = Field(True, description="Evaluate on the test split after training.")
+    metrics: list[str] | None = Field(
+        None, description="Metric names; chosen from the data if unset."
+    )
+    k_shot: int = Field(3, ge=0, description="Training examples in the few-shot baseline prompt.")
+    max_new_tokens: int = Field(128, ge=1, description="Generation length limit.")
+    max_items: int | None = Field(200, ge=1, description="Cap on test items evaluated.")
+    forgetting_text: Path | None = Field(
+        None, description="General text for the forgetting check (default: bundled wikitext)."
+    )
+    forgetting_threshold: float = Field(
+        0.10, ge=0, description="Flag forgetting when perplexity rises by more than this share."
+    )
+
+
+class OutputConfig(_Section):
+    dir: Path = Field(Path("runs"), description="Parent directory of run directories.")
+    name: str | None = Field(
+        None, description="Run name; defaults to the config file's stem or the data file's."
+    )
+
+
+class RunConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output.dir / (self.output.name or "run")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(
+    path: Path | None = None, overrides: list[str] | None = None, base_dir: Path | None = None
+) -> RunConfig:
+    """Build a RunConfig from defaults, an optional YAML file, then ``a.b=value`` overrides.
+
+    Relative data paths in a YAML file are taken relative to the file, so a preset runs
+    from any working directory.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(path)
+        _resolve_data_paths(raw, path.parent)
+    for item in overrides or []:
+        _apply_override(raw, item)
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_explain(error, source=str(path) if path else "--set")) from None
+    if config.output.name is None and path is not None:
+        config.output.name = path.stem
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found. Pass the path of a YAML file.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(
+            f"{where}: not valid YAML ({getattr(error, 'problem', error)})."
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, …).")
+    return raw
+
+
+def _resolve_data_paths(raw: dict[str, Any], base: Path) -> None:
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("train", "validation", "test"):
+        value = data.get(key)
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            data[key] = [str(p if Path(p).is_absolute() else base / p) for p in value]
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example train.epochs=2.")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section.")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _explain(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: the config has {error.error_count()} problem(s):"]
+    for problem in error.errors():
+        location = [str(p) for p in problem["loc"]]
+        key = ".".join(location)
+        if problem["type"] == "extra_forbidden":
+            known = _known_keys(location[:-1])
+            hint = difflib.get_close_matches(location[-1], known, n=1)
+            fix = f" Did you mean {'.'.join([*location[:-1], hint[0]])!r}?" if hint else ""
+            lines.append(f"  - {key}: unknown key.{fix} Allowed here: {', '.join(sorted(known))}.")
+            continue
+        message = problem["msg"]
+        allowed = problem.get("ctx", {}).get("expected")
+        value = problem.get("input")
+        if allowed:
+            hint = difflib.get_close_matches(
+                str(value), [a.strip(" '") for a in allowed.split(",")]
+            )
+            fix = f" Did you mean {hint[0]!r}?" if hint else ""
+            lines.append(f"  - {key}: {value!r} is not allowed; use {allowed}.{fix}")
+        else:
+            lines.append(f"  - {key}: {message} (got {value!r}).")
+    return "\n".join(lines)
+
+
+def _known_keys(location: list[str]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in location:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -1,0 +1,417 @@
+"""The training loop: optimizer steps over token-normalised accumulation windows.
+
+Numerics every method and objective share live here and nowhere else:
+the loss of an optimizer step is the sum over all trained tokens of its whole
+accumulation window (on every process) divided by their count, so batch 8 x
+accumulation 1 equals batch 2 x accumulation 4 exactly. The data order is a pure
+function of (seed, epoch), so a resumed run replays the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tunesmith.config import TrainConfig
+from tunesmith.data.batching import Batch, collate, epoch_order
+from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
+from tunesmith.engine.progress import TrainingProgress
+from tunesmith.engine.schedule import build_scheduler
+from tunesmith.objectives import Objective
+
+
+class TrainingError(Exception):
+    """Training could not continue (e.g. repeated non-finite loss); the message says why."""
+
+
+@dataclass
+class LoopState:
+    """Everything needed to continue exactly where a run stopped."""
+
+    step: int = 0
+    epoch: int = 0
+    micro_batches_done_in_epoch: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    nonfinite_in_a_row: int = 0
+    val_history: list[tuple[int, float]] = field(default_factory=list)
+    train_history: list[tuple[int, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> LoopState:
+        state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        state.val_history = [tuple(item) for item in state.val_history]  # type: ignore[misc]
+        state.train_history = [tuple(item) for item in state.train_history]  # type: ignore[misc]
+        return state
+
+
+@dataclass
+class LoopResult:
+    state: LoopState
+    stopped_early: bool
+    stopped_by_signal: bool
+    steps_run: int
+    seconds: float
+    real_tokens_per_second: float
+    best_trainable_state: dict[str, torch.Tensor] | None
+    warnings: list[str]
+
+
+def trained_tokens(example: TokenizedExample) -> int:
+    """Tokens of one example that carry loss; its first token never does (see collate)."""
+    return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    parameters = dict(model.named_parameters())
+    missing = [name for name in state if name not in parameters]
+    if missing:
+        raise TrainingError(f"checkpoint has weights the model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            parameters[name].copy_(value)
+
+
+@dataclass
+class StepPlan:
+    """How micro-batches map to optimizer steps for one run (the same on every process)."""
+
+    batch_size: int
+    accumulation: int
+    world_size: int
+    micro_batches_per_epoch: int
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        return self.accumulation * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.micro_batches_per_epoch / self.micro_batches_per_step))
+
+    def total_steps(self, epochs: float, max_steps: int | None) -> int:
+        return max_steps if max_steps else max(1, math.ceil(epochs * self.steps_per_epoch))
+
+
+def evaluate_loss(
+    model: nn.Module,
+    objective: Objective,
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    pad_token_id: int,
+    pack: bool,
+    row_length: int,
+    device: torch.device,
+) -> float:
+    """Mean loss per trained token over a whole set (no sampling, deterministic)."""
+    if not examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    ordered = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    with torch.no_grad():
+        for start in range(0, len(ordered), batch_size):
+            chunk = [examples[i] for i in ordered[start : start + batch_size]]
+            batch = collate(chunk, pad_token_id=pad_token_id, pack=pack, row_length=row_length)
+            loss_sum, units = objective.loss_sum(model, batch.to(device))
+            total += float(loss_sum)
+            count += units
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def backward_window(
+    model: nn.Module,
+    objective: Objective,
+    micro_batches: Sequence[Sequence[TokenizedExample]],
+    *,
+    window_tokens: int,
+    pad_token_id: int,
+    pack: bool,
+    row_length: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, int, list[str]]:
+    """Accumulate the gradients of one optimizer step: every micro-batch's summed loss is
+    divided by the trained tokens of the whole window (all processes), never per micro-batch.
+
+    Returns the window's summed loss (float64), its real tokens and the example sources.
+    """
+    step_loss = torch.zeros((), dtype=torch.float64, device=device)
+    real_tokens = 0
+    sources: list[str] = []
+    for group in micro_batches:
+        batch: Batch = collate(
+            group, pad_token_id=pad_token_id, pack=pack, row_length=row_length
+        ).to(device)
+        sources.extend(str(source) for source in batch.sources)
+        with _autocast(device, autocast_dtype):
+            loss_sum, _units = objective.loss_sum(model, batch)
+        (loss_sum / max(1, window_tokens)).backward()
+        step_loss += loss_sum.detach().double()
+        real_tokens += batch.real_tokens
+    return step_loss, real_tokens, sources
+
+
+def run_loop(
+    model: nn.Module,
+    objective: Objective,
+    train_examples: Sequence[TokenizedExample],
+    val_examples: Sequence[TokenizedExample],
+    *,
+    settings: TrainConfig,
+    learning_rate: float,
+    pad_token_id: int,
+    row_length: int,
+    pack: bool,
+    device: torch.device,
+    metrics_path: Path,
+    progress: TrainingProgress,
+    autocast_dtype: torch.dtype | None = None,
+    world_size: int = 1,
+    rank: int = 0,
+    all_reduce: Callable[[torch.Tensor], None] | None = None,
+    resume: Callable[[torch.optim.Optimizer, object], LoopState] | None = None,
+    save: Callable[[LoopState, torch.optim.Optimizer, object, float | None], None] | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> LoopResult:
+    """Train until the planned steps are done, early stopping fires, or a stop is requested.
+
+    `resume` restores model/optimizer/scheduler/RNG and returns the saved LoopState;
+    `save` writes a checkpoint. Both are supplied by the caller so the loop stays free
+    of storage concerns.
+    """
+    lengths = [len(example) for example in train_examples]
+    micro_per_epoch = math.ceil(len(train_examples) / settings.batch_size)
+    plan = StepPlan(
+        settings.batch_size, settings.gradient_accumulation, world_size, micro_per_epoch
+    )
+    total_steps = plan.total_steps(settings.epochs, settings.max_steps)
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=learning_rate, weight_decay=settings.weight_decay, betas=(0.9, 0.999)
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=total_steps,
+        warmup_ratio=settings.warmup_ratio,
+        kind=settings.lr_scheduler,
+    )
+    state = resume(optimizer, scheduler) if resume else LoopState()
+    start_step = state.step
+    warnings: list[str] = []
+    best_state = trainable_state(model) if state.best_step is not None else None
+    stopped_early = stopped_by_signal = False
+
+    def batches_of_epoch(epoch: int) -> list[list[int]]:
+        return epoch_order(lengths, settings.batch_size, settings.seed, epoch)
+
+    order = batches_of_epoch(state.epoch)
+    model.train()
+    started = time.perf_counter()
+    real_tokens_run = 0
+    with metrics_path.open("a", encoding="utf-8") as metrics:
+        while state.step < total_steps and not stopped_early:
+            if state.micro_batches_done_in_epoch >= len(order):
+                state.epoch += 1
+                state.micro_batches_done_in_epoch = 0
+                order = batches_of_epoch(state.epoch)
+            window = order[
+                state.micro_batches_done_in_epoch : state.micro_batches_done_in_epoch
+                + plan.micro_batches_per_step
+            ]
+            window_examples = [[train_examples[i] for i in ids] for ids in window]
+            window_tokens = sum(trained_tokens(e) for group in window_examples for e in group)
+            mine = window_examples[rank::world_size]
+
+            step_loss, step_real_tokens, sources = backward_window(
+                model,
+                objective,
+                mine,
+                window_tokens=window_tokens,
+                pad_token_id=pad_token_id,
+                pack=pack,
+                row_length=row_length,
+                device=device,
+                autocast_dtype=autocast_dtype,
+            )
+            if all_reduce is not None:
+                # Each process holds its share of one global token mean: summing is exact.
+                all_reduce(step_loss)
+                for parameter in parameters:
+                    if parameter.grad is None:
+                        parameter.grad = torch.zeros_like(parameter)
+                    all_reduce(parameter.grad)
+            loss_value = float(step_loss) / max(1, window_tokens)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm))
+
+            state.micro_batches_done_in_epoch += len(window)
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                state.nonfinite_in_a_row += 1
+                _write(
+                    metrics,
+                    {
+                        "step": state.step + 1,
+                        "event": "nonfinite_skipped",
+                        "loss": str(loss_value),
+                        "grad_norm": str(grad_norm),
+                        "examples": sources,
+                    },
+                    rank,
+                )
+                progress.message(
+                    f"step {state.step + 1}: non-finite loss/gradient, step skipped "
+                    f"(examples {', '.join(sources[:5])})"
+                )
+                if state.nonfinite_in_a_row >= settings.max_nonfinite_steps:
+                    raise TrainingError(
+                        f"{state.nonfinite_in_a_row} non-finite steps in a row; stopped without "
+                        "saving non-finite weights. Lower train.learning_rate or inspect the "
+                        f"examples named in {metrics_path}."
+                    )
+                continue
+            state.nonfinite_in_a_row = 0
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += step_real_tokens * world_size
+            real_tokens_run += step_real_tokens * world_size
+            state.train_history.append((state.step, loss_value))
+
+            elapsed = time.perf_counter() - started
+            tokens_per_s = real_tokens_run / max(elapsed, 1e-9)
+            if state.step % settings.log_every == 0 or state.step == total_steps:
+                _write(
+                    metrics,
+                    {
+                        "step": state.step,
+                        "epoch": round(
+                            state.epoch + state.micro_batches_done_in_epoch / max(1, len(order)), 4
+                        ),
+                        "train_loss": loss_value,
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                        "tokens": state.tokens_seen,
+                        "tokens_per_s": tokens_per_s,
+                    },
+                    rank,
+                )
+            progress.advance_to(state.step, {"loss": loss_value, "tok/s": round(tokens_per_s, 1)})
+
+            should_eval = val_examples and (
+                state.step % settings.eval_every == 0 or state.step == total_steps
+            )
+            val_loss = None
+            if should_eval:
+                val_loss = evaluate_loss(
+                    model,
+                    objective,
+                    val_examples,
+                    batch_size=settings.batch_size,
+                    pad_token_id=pad_token_id,
+                    pack=pack,
+                    row_length=row_length,
+                    device=device,
+                )
+                state.val_history.append((state.step, val_loss))
+                _write(metrics, {"step": state.step, "val_loss": val_loss}, rank)
+                progress.message(
+                    f"step {state.step}: val_loss {val_loss:.4f}  train_loss {loss_value:.4f}"
+                )
+                improved = state.best_val_loss is None or (
+                    val_loss < state.best_val_loss - settings.early_stopping_min_delta
+                )
+                if improved:
+                    state.best_val_loss, state.best_step = val_loss, state.step
+                    state.evals_without_improvement = 0
+                    best_state = trainable_state(model)
+                else:
+                    state.evals_without_improvement += 1
+                warning = overfitting_warning(state.val_history, state.train_history)
+                if warning and warning not in warnings:
+                    warnings.append(warning)
+                    progress.message(f"[yellow]warning:[/yellow] {warning}")
+                patience = settings.early_stopping_patience
+                if patience and state.evals_without_improvement >= patience:
+                    stopped_early = True
+                    progress.message(
+                        f"early stopping at step {state.step}: no improvement in {patience} "
+                        f"evaluations; best step {state.best_step} "
+                        f"(val_loss {state.best_val_loss:.4f})"
+                    )
+            save_every = settings.save_every or settings.eval_every
+            if save and (
+                state.step % save_every == 0 or state.step == total_steps or stopped_early
+            ):
+                save(state, optimizer, scheduler, val_loss)
+            if stop_requested():
+                stopped_by_signal = True
+                if save and state.step % save_every != 0 and state.step != total_steps:
+                    save(state, optimizer, scheduler, val_loss)
+                break
+
+    seconds = time.perf_counter() - started
+    return LoopResult(
+        state=state,
+        stopped_early=stopped_early,
+        stopped_by_signal=stopped_by_signal,
+        steps_run=state.step - start_step,
+        seconds=seconds,
+        real_tokens_per_second=real_tokens_run / max(seconds, 1e-9),
+        best_trainable_state=best_state,
+        warnings=warnings,
+    )
+
+
+def overfitting_warning(
+    val_history: Sequence[tuple[int, float]], train_history: Sequence[tuple[int, float]]
+) -> str | None:
+    """Validation loss rose over the last two evaluations while training loss kept falling."""
+    if len(val_history) < 3:
+        return None
+    (s0, v0), (_, v1), (s2, v2) = val_history[-3:]
+    if not (v2 > v1 > v0):
+        return None
+    before = [loss for step, loss in train_history if step <= s0][-5:]
+    after = [loss for step, loss in train_history if step <= s2][-5:]
+    if before and after and sum(after) / len(after) < sum(before) / len(before):
+        return (
+            f"possible overfitting: validation loss rose from {v0:.4f} (step {s0}) to {v2:.4f} "
+            f"(step {s2}) while training loss fell. The best step is kept as final; consider "
+            "fewer epochs, a lower learning rate, or more data."
+        )
+    return None
+
+
+def _write(stream, record: dict[str, object], rank: int) -> None:
+    if rank == 0:
+        stream.write(json.dumps(record) + "\n")
+        stream.flush()
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,11 @@
+"""Base models: the bundled default, local Hugging Face dirs, and how they are loaded."""
+
+from tunesmith.models.loading import (
+    LoadedModel,
+    ModelError,
+    load_base_model,
+    pick_device,
+    pick_dtype,
+)
+
+__all__ = ["LoadedModel", "ModelError", "load_base_model", "pick_device", "pick_dtype"]

@@ -1,0 +1,94 @@
+"""Token-level loss pieces that every objective shares.
+
+Losses are returned as a *sum* over trained tokens together with the token
+count, so the engine can normalise over the tokens of a whole accumulation
+window (and across processes) in one place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tunesmith.data.batching import Batch
+from tunesmith.data.tokenize import IGNORE_INDEX
+
+LOGIT_CHUNK_ROWS = 1024
+
+
+def _uses_virtual_tokens(model: nn.Module) -> bool:
+    if not isinstance(model, PeftModel):
+        return False
+    return bool(model.peft_config[model.active_adapter].is_prompt_learning)
+
+
+def _trunk_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack and the LM head of a (possibly peft-wrapped) causal LM."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base = getattr(base, "module", base)  # DDP
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _chunk_nll_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def selected_hidden_and_targets(
+    model: nn.Module, batch: Batch
+) -> tuple[torch.Tensor, torch.Tensor, nn.Module] | None:
+    """Hidden states at positions whose next token is trained, their targets, and the head.
+
+    Returns None for prompt-learning methods (prefix/prompt tuning), whose virtual
+    tokens only exist in the peft wrapper's own forward.
+    """
+    if _uses_virtual_tokens(model):
+        return None
+    trunk, head = _trunk_and_head(model)
+    hidden = trunk(
+        input_ids=batch.input_ids,
+        position_ids=batch.position_ids,
+        attention_mask=batch.attention_mask,
+        use_cache=False,
+    ).last_hidden_state
+    targets = batch.labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    return hidden[:, :-1][keep], targets[keep], head
+
+
+def causal_lm_nll_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL over trained tokens, and their count.
+
+    Logits are computed only at trained positions and in chunks that are recomputed
+    in the backward pass, so full-vocabulary fp32 logits never exist for the whole
+    batch at once.
+    """
+    selected = selected_hidden_and_targets(model, batch)
+    if selected is None:
+        return _nll_sum_through_wrapper(model, batch)
+    hidden, targets, head = selected
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
+        rows = slice(start, start + LOGIT_CHUNK_ROWS)
+        if torch.is_grad_enabled():
+            total = total + checkpoint(
+                _chunk_nll_sum, head, hidden[rows], targets[rows], use_reentrant=False
+            )
+        else:
+            total = total + _chunk_nll_sum(head, hidden[rows], targets[rows])
+    return total, int(targets.numel())
+
+
+def _nll_sum_through_wrapper(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+    attention_mask = batch.attention_mask
+    if attention_mask is None:
+        attention_mask = torch.ones_like(batch.input_ids)
+    logits = model(input_ids=batch.input_ids, attention_mask=attention_mask).logits
+    logits = logits[:, -batch.input_ids.shape[1] :]  # drop virtual-token positions
+    targets = batch.labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    nll = F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
+    return nll, int(keep.sum())

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import ConfigError, RunConfig, load_config
+
+
+def test_defaults_make_a_complete_config() -> None:
+    config = load_config(None, ["data.train=[a.jsonl]"])
+    assert config.model.name == "smollm2-135m-instruct"
+    assert config.method.name == "lora"
+    assert config.data.train == [Path("a.jsonl")]
+
+
+def test_yaml_then_overrides_in_that_order(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: 5\n  batch_size: 4\ndata:\n  train: d.jsonl\n")
+    config = load_config(path, ["train.epochs=2"])
+    assert config.train.epochs == 2
+    assert config.train.batch_size == 4
+    assert config.data.train == [tmp_path / "d.jsonl"]  # relative to the YAML file
+    assert config.output.name == "run"
+
+
+def test_unknown_key_names_the_key_and_suggests(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epoch: 2\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "train.epoch: unknown key" in message
+    assert "Did you mean 'train.epochs'?" in message
+
+
+def test_bad_choice_lists_allowed_values_and_suggests() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["method.name=lorra"])
+    message = str(error.value)
+    assert "method.name" in message and "'qlora'" in message
+    assert "Did you mean 'lora'?" in message
+
+
+def test_bad_type_and_bad_override_syntax() -> None:
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(None, ["train.batch_size=many"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["train.epochs"])
+
+
+def test_resolved_config_round_trips() -> None:
+    config = load_config(None, ["train.epochs=2", "method.r=8"])
+    import yaml
+
+    again = RunConfig.model_validate(yaml.safe_load(config.to_yaml()))
+    assert again == config
