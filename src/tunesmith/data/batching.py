@@ -69,21 +69,34 @@ def epoch_order(
     return batches
 
 
-def _pack_rows(examples: Sequence[TokenizedExample], row_length: int) -> list[list[int]]:
-    """First-fit decreasing: indices of the examples sharing each row."""
+def _first_fit_decreasing(sizes: Sequence[int], capacity: int) -> list[list[int]]:
     rows: list[list[int]] = []
     room: list[int] = []
-    for index in sorted(range(len(examples)), key=lambda i: len(examples[i]), reverse=True):
-        size = len(examples[index])
+    for index in sorted(range(len(sizes)), key=lambda i: sizes[i], reverse=True):
         for row, free in enumerate(room):
-            if size <= free:
+            if sizes[index] <= free:
                 rows[row].append(index)
-                room[row] -= size
+                room[row] -= sizes[index]
                 break
         else:
             rows.append([index])
-            room.append(max(row_length, size) - size)
+            room.append(max(capacity, sizes[index]) - sizes[index])
     return rows
+
+
+def _pack_rows(examples: Sequence[TokenizedExample], row_length: int) -> list[list[int]]:
+    """Indices of the examples sharing each row, choosing the row width (up to `row_length`)
+    that leaves the fewest padded slots in the batch tensor."""
+    sizes = [len(example) for example in examples]
+    best: list[list[int]] | None = None
+    best_slots = None
+    for capacity in range(max(sizes), max(row_length, max(sizes)) + 1, 16):
+        rows = _first_fit_decreasing(sizes, capacity)
+        slots = len(rows) * max(sum(sizes[i] for i in row) for row in rows)
+        if best_slots is None or slots < best_slots:
+            best, best_slots = rows, slots
+    assert best is not None
+    return best
 
 
 def collate(

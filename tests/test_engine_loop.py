@@ -1,0 +1,140 @@
+"""The loop's shared numerics: exact gradient accumulation, training that really trains."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunesmith.config import MethodConfig, TrainConfig
+from tunesmith.data.records import Conversation, Message, Source
+from tunesmith.data.tokenize import tokenize_conversations
+from tunesmith.engine.loop import backward_window, overfitting_warning, run_loop, trained_tokens
+from tunesmith.engine.progress import TrainingProgress
+from tunesmith.methods import get_method
+from tunesmith.objectives import get_objective
+
+QUESTIONS = [
+    ("What is two plus two?", "Four."),
+    ("capital of France?", "Paris"),
+    ("capital of Italy?", "Rome"),
+    ("Translate to French: hello", "bonjour and goodbye thank you"),
+    ("What is three plus five?", "Eight."),
+    ("Reply in JSON", '{"intent": "GetWeather", "slots": {"city": "Paris"}}'),
+    ("one word", "spam"),
+    ("another word", "ham positive negative"),
+]
+
+
+def examples(tokenizer):
+    records = [
+        Conversation((Message("user", q), Message("assistant", a)), Source("mem.jsonl", i + 1))
+        for i, (q, a) in enumerate(QUESTIONS)
+    ]
+    return tokenize_conversations(tokenizer, records, max_length=128).examples
+
+
+def gradients_after(model, micro_batches, pad) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    window = sum(trained_tokens(e) for group in micro_batches for e in group)
+    loss, _, _ = backward_window(
+        model,
+        get_objective("sft"),
+        micro_batches,
+        window_tokens=window,
+        pad_token_id=pad,
+        pack=True,
+        row_length=128,
+        device=torch.device("cpu"),
+    )
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss) / window, grads
+
+
+def test_batch_8_x_accumulation_1_equals_2_x_4(tiny_tokenizer, tiny_model) -> None:
+    data = examples(tiny_tokenizer)
+    assert len({len(e) for e in data}) > 3  # variable lengths, or the test proves nothing
+    pad = tiny_tokenizer.pad_token_id
+    loss_one, grads_one = gradients_after(tiny_model, [data], pad)
+    loss_four, grads_four = gradients_after(
+        tiny_model, [data[i : i + 2] for i in (0, 2, 4, 6)], pad
+    )
+    assert loss_one == pytest.approx(loss_four, abs=1e-5)
+    assert grads_one.keys() == grads_four.keys()
+    for name in grads_one:
+        torch.testing.assert_close(grads_one[name], grads_four[name], atol=1e-5, rtol=1e-4)
+
+
+def train_tiny(tokenizer, model, tmp_path: Path, learning_rate: float = 1e-2, **settings):
+    data = examples(tokenizer)
+    config = TrainConfig(
+        **{"epochs": 1, "batch_size": 4, "eval_every": 5, "warmup_ratio": 0.0, **settings}
+    )
+    with TrainingProgress(100, enabled=False) as progress:
+        return run_loop(
+            model,
+            get_objective("sft"),
+            data,
+            data,
+            settings=config,
+            learning_rate=learning_rate,
+            pad_token_id=tokenizer.pad_token_id,
+            row_length=128,
+            pack=True,
+            device=torch.device("cpu"),
+            metrics_path=tmp_path / "metrics.jsonl",
+            progress=progress,
+        )
+
+
+def test_lora_training_lowers_loss_and_touches_only_the_adapter(
+    tiny_tokenizer, tiny_model, tmp_path
+) -> None:
+    # Random init at std 0.02 keeps tied-embedding logits near zero, which no adapter can
+    # move; larger embeddings give LoRA something to steer.
+    with torch.no_grad():
+        tiny_model.get_input_embeddings().weight.mul_(10)
+    model = get_method("lora").attach(tiny_model, MethodConfig(r=8, alpha=64, dropout=0.0))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    result = train_tiny(tiny_tokenizer, model, tmp_path, max_steps=40, early_stopping_patience=None)
+    assert result.state.step == 40
+    val_losses = [loss for _, loss in result.state.val_history]
+    assert val_losses[-1] < val_losses[0] - 1.0
+    for name, before in frozen.items():
+        assert torch.equal(before, dict(model.named_parameters())[name]), name
+    changed = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and not torch.equal(p, trainable[n])
+    ]
+    assert len(changed) == len(trainable)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert sum('"train_loss"' in line for line in lines) == 40
+    assert sum('"val_loss"' in line for line in lines) == 8
+
+
+def test_early_stopping_keeps_the_best_step(tiny_tokenizer, tiny_model, tmp_path) -> None:
+    # A huge learning rate makes validation loss worsen: the run must stop and keep the best.
+    model = get_method("lora").attach(tiny_model, MethodConfig(r=8, dropout=0.0))
+    result = train_tiny(
+        tiny_tokenizer,
+        model,
+        tmp_path,
+        learning_rate=3.0,
+        max_steps=200,
+        eval_every=1,
+        early_stopping_patience=2,
+    )
+    assert result.stopped_early
+    assert result.state.step < 200
+    assert result.best_trainable_state is not None
+    best = min(loss for _, loss in result.state.val_history)
+    assert result.state.best_val_loss == best
+
+
+def test_overfitting_warning_needs_rising_validation_and_falling_training() -> None:
+    train = [(s, 3.0 - 0.1 * s) for s in range(1, 31)]
+    assert overfitting_warning([(10, 1.0), (20, 1.1), (30, 1.2)], train)
+    assert overfitting_warning([(10, 1.2), (20, 1.1), (30, 1.0)], train) is None
+    flat_train = [(s, 2.0) for s in range(1, 31)]
+    assert overfitting_warning([(10, 1.0), (20, 1.1), (30, 1.2)], flat_train) is None
