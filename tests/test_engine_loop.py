@@ -8,7 +8,7 @@ import torch
 from tunesmith.config import MethodConfig, TrainConfig
 from tunesmith.data.records import Conversation, Message, Source
 from tunesmith.data.tokenize import tokenize_conversations
-from tunesmith.engine.loop import backward_window, overfitting_warning, run_loop, trained_tokens
+from tunesmith.engine.loop import backward_window, overfitting_warning, run_loop
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.methods import get_method
 from tunesmith.objectives import get_objective
@@ -35,7 +35,7 @@ def examples(tokenizer):
 
 def gradients_after(model, micro_batches, pad) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    window = sum(trained_tokens(e) for group in micro_batches for e in group)
+    window = sum(get_objective("sft").units(e) for group in micro_batches for e in group)
     loss, _, _ = backward_window(
         model,
         get_objective("sft"),

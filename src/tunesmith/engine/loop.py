@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from tunesmith.config import TrainConfig
-from tunesmith.data.batching import Batch, collate, epoch_order
-from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample
+from tunesmith.data.batching import epoch_order
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.engine.schedule import build_scheduler
 from tunesmith.objectives import Objective
@@ -70,11 +70,6 @@ class LoopResult:
     warnings: list[str]
 
 
-def trained_tokens(example: TokenizedExample) -> int:
-    """Tokens of one example that carry loss; its first token never does (see collate)."""
-    return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
-
-
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -113,7 +108,7 @@ class StepPlan:
 def evaluate_loss(
     model: nn.Module,
     objective: Objective,
-    examples: Sequence[TokenizedExample],
+    examples: Sequence[Any],
     *,
     batch_size: int,
     pad_token_id: int,
@@ -131,7 +126,9 @@ def evaluate_loss(
     with torch.no_grad():
         for start in range(0, len(ordered), batch_size):
             chunk = [examples[i] for i in ordered[start : start + batch_size]]
-            batch = collate(chunk, pad_token_id=pad_token_id, pack=pack, row_length=row_length)
+            batch = objective.collate(
+                chunk, pad_token_id=pad_token_id, pack=pack, row_length=row_length
+            )
             loss_sum, units = objective.loss_sum(model, batch.to(device))
             total += float(loss_sum)
             count += units
@@ -142,7 +139,7 @@ def evaluate_loss(
 def backward_window(
     model: nn.Module,
     objective: Objective,
-    micro_batches: Sequence[Sequence[TokenizedExample]],
+    micro_batches: Sequence[Sequence[Any]],
     *,
     window_tokens: int,
     pad_token_id: int,
@@ -160,7 +157,7 @@ def backward_window(
     real_tokens = 0
     sources: list[str] = []
     for group in micro_batches:
-        batch: Batch = collate(
+        batch = objective.collate(
             group, pad_token_id=pad_token_id, pack=pack, row_length=row_length
         ).to(device)
         sources.extend(str(source) for source in batch.sources)
@@ -175,8 +172,8 @@ def backward_window(
 def run_loop(
     model: nn.Module,
     objective: Objective,
-    train_examples: Sequence[TokenizedExample],
-    val_examples: Sequence[TokenizedExample],
+    train_examples: Sequence[Any],
+    val_examples: Sequence[Any],
     *,
     settings: TrainConfig,
     learning_rate: float,
@@ -241,7 +238,7 @@ def run_loop(
                 + plan.micro_batches_per_step
             ]
             window_examples = [[train_examples[i] for i in ids] for ids in window]
-            window_tokens = sum(trained_tokens(e) for group in window_examples for e in group)
+            window_tokens = sum(objective.units(e) for group in window_examples for e in group)
             mine = window_examples[rank::world_size]
 
             step_loss, step_real_tokens, sources = backward_window(

@@ -1,0 +1,312 @@
+"""The `tunesmith` command: one subcommand per stage; parse, load config, call the stage, print."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer
+from rich.console import Console
+
+from tunesmith.config import ConfigError, load_config
+
+app = typer.Typer(
+    name="tunesmith",
+    help="Fine-tune a language model on your own data, prove it beats the base model, ship it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_USER_ERROR = 2
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from tunesmith.data.tokenize import TokenizeError
+    from tunesmith.data.validate import DataError
+    from tunesmith.engine.checkpoint import CheckpointError
+    from tunesmith.engine.loop import TrainingError
+    from tunesmith.methods import MethodError
+    from tunesmith.models import ModelError
+    from tunesmith.objectives import ObjectiveError
+    from tunesmith.runs import RunError
+
+    return (
+        ConfigError,
+        DataError,
+        TokenizeError,
+        ModelError,
+        MethodError,
+        ObjectiveError,
+        RunError,
+        CheckpointError,
+        TrainingError,
+    )
+
+
+def friendly_errors(command: F) -> F:
+    """Errors the user can fix are printed plainly and exit 2, never as a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return command(*args, **kwargs)
+        except _user_errors() as error:
+            err_console.print(f"[bold red]error:[/bold red] {error}", markup=True, highlight=False)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@friendly_errors
+def train(
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config YAML (see examples/). Optional.")
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", "-d", help="Training data file(s); sets data.train."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a setting, e.g. --set train.epochs=2."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="'auto' (newest complete checkpoint of the run) or a checkpoint path."),
+    ] = None,
+    evaluate: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="Evaluate on the test split afterwards.")
+    ] = True,
+) -> None:
+    """Fine-tune a model. Every setting has a default: `tunesmith train --data my.jsonl` works."""
+    overrides = list(set_ or [])
+    if data:
+        overrides.append("data.train=[" + ",".join(f"'{p}'" for p in data) + "]")
+    run_config = load_config(config, overrides)
+    if not run_config.data.train:
+        raise ConfigError(
+            "no training data: pass --data FILE or set data.train in the config file."
+        )
+    if run_config.output.name is None:
+        run_config.output.name = run_config.data.train[0].stem
+    if not evaluate:
+        run_config.eval.enabled = False
+
+    from tunesmith.pipeline import train as run_training
+
+    console.print(f"[bold]tunesmith train[/bold] → {run_config.run_dir}")
+    summary = run_training(run_config, resume=resume, console=console)
+    _print_train_summary(summary)
+    if summary.stopped_by_signal:
+        from tunesmith.engine.signals import STOPPED_BY_SIGNAL_EXIT_CODE
+
+        raise typer.Exit(STOPPED_BY_SIGNAL_EXIT_CODE)
+    if run_config.eval.enabled:
+        _run_evaluation(summary.run_dir, test_files=None, metrics=None, max_items=None)
+
+
+def _print_train_summary(summary) -> None:
+    lines = [
+        f"[bold green]done[/bold green] in {summary.seconds:.0f} s, {summary.steps} steps, "
+        f"{summary.real_tokens_per_second:.0f} tokens/s",
+    ]
+    if summary.val_loss_before is not None and summary.val_loss_after is not None:
+        lines.append(
+            f"validation loss {summary.val_loss_before:.4f} → {summary.val_loss_after:.4f}"
+            + (f" (best step {summary.best_step})" if summary.best_step else "")
+        )
+    if summary.stopped_early:
+        lines.append("stopped early: validation loss stopped improving")
+    if summary.stopped_by_signal:
+        lines.append(f"stopped by signal; resume with --resume auto (run dir {summary.run_dir})")
+    for warning in summary.warnings:
+        lines.append(f"[yellow]warning:[/yellow] {warning}")
+    if not summary.stopped_by_signal:
+        lines.append(f"model: {summary.final_dir}")
+        lines.append(f"try it: tunesmith chat {summary.run_dir}")
+    console.print("\n".join(lines))
+
+
+def _run_evaluation(run_dir: Path, **options: object) -> None:
+    from tunesmith.evaluate.compare import print_comparison
+    from tunesmith.evaluate.stage import evaluate_run
+
+    console.print(f"[bold]evaluating[/bold] {run_dir}: base zero-shot, base few-shot, fine-tuned")
+    result = evaluate_run(run_dir, **options)
+    print_comparison(result.comparison, console)
+    if result.forgetting is not None:
+        check = result.forgetting
+        flag = "[red]forgetting flagged[/red]" if check.flagged else "[green]ok[/green]"
+        console.print(
+            f"general-text perplexity {check.base_perplexity:.2f} → "
+            f"{check.fine_tuned_perplexity:.2f} ({100 * check.relative_change:+.1f}%) {flag}"
+        )
+    console.print(f"report: {result.report_path}\nresults: {result.results_path}")
+
+
+@app.command("eval")
+@friendly_errors
+def evaluate_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tunesmith train`.")],
+    test: Annotated[
+        list[Path] | None,
+        typer.Option("--test", help="Held-out file(s); default: the run's own test split."),
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metric",
+            help="exact_match, accuracy, macro_f1, rouge_l, bleu, json_valid, json_match; "
+            "default: chosen from the data.",
+        ),
+    ] = None,
+    max_items: Annotated[int | None, typer.Option(help="Evaluate at most this many items.")] = None,
+) -> None:
+    """Prove the fine-tune was worth it: base zero-shot vs few-shot vs fine-tuned, with CIs."""
+    _run_evaluation(run_dir, test_files=test, metrics=metric, max_items=max_items)
+
+
+@app.command()
+@friendly_errors
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories that were evaluated.")],
+) -> None:
+    """Several evaluated runs side by side (reads each run's eval/results.json)."""
+    import json
+
+    from rich.table import Table
+
+    from tunesmith.runs import RunError, RunPaths, read_run_config
+
+    table = Table(title="runs compared on their own test splits")
+    for column in ("run", "method", "metric", "base zero-shot", "base few-shot", "fine-tuned"):
+        table.add_column(column)
+    table.add_column("verdict", max_width=60)
+    for run_dir in run_dirs:
+        results = RunPaths(run_dir).eval / "results.json"
+        if not results.is_file():
+            raise RunError(f"{results} is missing: run `tunesmith eval {run_dir}` first.")
+        comparison = json.loads(results.read_text())["comparison"]
+        primary = comparison["metrics"][0]
+        values = primary["values"]
+        table.add_row(
+            str(run_dir),
+            read_run_config(run_dir).method.name,
+            primary["metric"],
+            *(f"{values[name]['estimate']:.3f}" for name in comparison["systems"]),
+            comparison["verdict"],
+        )
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tunesmith train`.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The user message.")],
+    system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    base: Annotated[
+        bool, typer.Option("--base", help="Answer with the base model (adapter disabled).")
+    ] = False,
+) -> None:
+    """Answer one prompt with the fine-tuned model, streaming tokens."""
+    from tunesmith.chat import reply
+    from tunesmith.runs import load_trained
+
+    trained = load_trained(run_dir)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    with _maybe_base(trained.model, base):
+        reply(
+            trained.model,
+            trained.tokenizer,
+            messages,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            on_text=_write_stdout,
+        )
+    sys.stdout.write("\n")
+
+
+@app.command()
+@friendly_errors
+def chat(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tunesmith train`.")],
+    system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Generation length limit per reply.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+) -> None:
+    """Talk to the fine-tuned model. Empty line or Ctrl-D ends; /reset clears the history."""
+    from tunesmith.chat import reply
+    from tunesmith.runs import load_trained
+
+    trained = load_trained(run_dir)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    console.print(f"chatting with {run_dir} ([dim]empty line or Ctrl-D to quit, /reset[/dim])")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not text:
+            break
+        if text == "/reset":
+            history = history[:1] if system else []
+            continue
+        history.append({"role": "user", "content": text})
+        sys.stdout.write("model> ")
+        answer = reply(
+            trained.model,
+            trained.tokenizer,
+            history,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            on_text=_write_stdout,
+        )
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": answer})
+
+
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _maybe_base(model, base: bool):
+    import contextlib
+
+    if base and hasattr(model, "disable_adapter"):
+        return model.disable_adapter()
+    return contextlib.nullcontext()
+
+
+def _mount_subcommands() -> None:
+    from tunesmith.cli_data import data_app
+
+    app.add_typer(data_app, name="data", help="Check, prepare and inspect training data.")
+
+
+_mount_subcommands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

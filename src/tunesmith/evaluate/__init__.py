@@ -1,0 +1,1 @@
+"""Evaluation: task metrics, baseline comparison with bootstrap intervals, forgetting, report."""

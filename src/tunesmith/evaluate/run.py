@@ -1,0 +1,168 @@
+"""The evaluation stage: base zero-shot, base few-shot and fine-tuned on the same held-out items.
+
+This composes the parts of `tunesmith.evaluate` in one readable function; the CLI and the
+Python API call `evaluate_models` and nothing below it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tunesmith.data.records import Conversation, Message
+from tunesmith.evaluate.bootstrap import DEFAULT_RESAMPLES
+from tunesmith.evaluate.compare import (
+    BASE_FEW_SHOT,
+    BASE_ZERO_SHOT,
+    FINE_TUNED,
+    Comparison,
+    compare_systems,
+)
+from tunesmith.evaluate.generate import (
+    EvaluationDataError,
+    choose_few_shot_examples,
+    classify_with_labels,
+    few_shot_prompt,
+    generate_replies,
+    split_prompt_and_reference,
+)
+from tunesmith.evaluate.perplexity import (
+    DEFAULT_FORGETTING_THRESHOLD,
+    ForgettingCheck,
+    check_forgetting,
+)
+from tunesmith.evaluate.report import pick_samples, write_report
+
+RESULTS_NAME = "results.json"
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What the evaluation produced, in memory and on disk."""
+
+    comparison: Comparison
+    forgetting: ForgettingCheck | None
+    outputs: dict[str, list[str]]
+    results_path: Path
+    report_path: Path
+
+
+def _answer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[Message]],
+    labels: Sequence[str] | None,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str]:
+    """One answer per prompt: the most likely known label, or a greedy free-text reply."""
+    if labels:
+        return classify_with_labels(model, tokenizer, prompts, labels, batch_size=batch_size)
+    return generate_replies(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+
+
+def evaluate_models(
+    fine_tuned_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    test_items: Sequence[Conversation],
+    train_items: Sequence[Conversation],
+    *,
+    out_dir: str | Path,
+    base_disabled_context: Callable[[], AbstractContextManager[object]] | None = None,
+    base_model: PreTrainedModel | None = None,
+    metrics: Sequence[str] | None = None,
+    k_shot: int = 3,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    constrain_to_labels: bool | None = None,
+    measure_forgetting: bool = True,
+    forgetting_text: str | Path | None = None,
+    forgetting_threshold: float = DEFAULT_FORGETTING_THRESHOLD,
+    metrics_jsonl_path: str | Path | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    n_samples: int = 12,
+    seed: int = 0,
+) -> EvalResult:
+    """Prove (or disprove) that fine-tuning beat prompting the base model, and write the report.
+
+    The base model is ``fine_tuned_model`` inside ``base_disabled_context()`` (for peft:
+    ``model.disable_adapter``) or a separate ``base_model``; pass exactly one. All three
+    systems use the same greedy decoding; with labelled data (or ``constrain_to_labels``)
+    every system instead picks the most likely label from the train and test label set.
+    ``forgetting_text`` overrides the bundled general text for the forgetting check.
+    Writes ``results.json`` and ``report.html`` (plus PNGs) into ``out_dir``.
+    """
+    if (base_disabled_context is None) == (base_model is None):
+        raise ValueError("pass exactly one of base_disabled_context or base_model")
+    if not test_items:
+        raise EvaluationDataError("no test items: evaluation needs a held-out test split")
+    prompts = [split_prompt_and_reference(item)[0] for item in test_items]
+    examples = choose_few_shot_examples(train_items, k=k_shot, seed=seed)
+    few_shot_prompts = [few_shot_prompt(prompt, examples) for prompt in prompts]
+    all_labelled = all(item.label is not None for item in test_items)
+    use_labels = all_labelled if constrain_to_labels is None else constrain_to_labels
+    if use_labels and not all_labelled:
+        raise EvaluationDataError(
+            "constrain_to_labels needs a 'label' on every test item; turn it off for free-text data"
+        )
+    labels = (
+        sorted({str(item.label) for item in [*test_items, *train_items] if item.label is not None})
+        if use_labels
+        else None
+    )
+    decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+
+    base = base_model if base_model is not None else fine_tuned_model
+    base_scope = (
+        base_disabled_context() if base_disabled_context is not None else contextlib.nullcontext()
+    )
+    with base_scope:
+        zero_shot = _answer(base, tokenizer, prompts, labels, **decoding)
+        few_shot = _answer(base, tokenizer, few_shot_prompts, labels, **decoding)
+    fine_tuned = _answer(fine_tuned_model, tokenizer, prompts, labels, **decoding)
+    outputs = {BASE_ZERO_SHOT: zero_shot, BASE_FEW_SHOT: few_shot, FINE_TUNED: fine_tuned}
+
+    comparison = compare_systems(
+        test_items, outputs, metrics, labels=labels, n_resamples=n_resamples, seed=seed
+    )
+    forgetting = None
+    if measure_forgetting:
+        forgetting = check_forgetting(
+            fine_tuned_model,
+            tokenizer,
+            base_disabled_context=base_disabled_context,
+            base_model=base_model,
+            text_path=forgetting_text,
+            threshold=forgetting_threshold,
+            batch_size=max(1, batch_size // 2),
+        )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "comparison": comparison.to_dict(),
+        "forgetting": forgetting.to_dict() if forgetting else None,
+        "settings": {
+            "decoding": "greedy",
+            "max_new_tokens": max_new_tokens,
+            "label_constrained": labels,
+            "k_shot": len(examples),
+            "few_shot_examples": [str(example.source) for example in examples],
+            "seed": seed,
+        },
+        "outputs": outputs,
+    }
+    results_path = out / RESULTS_NAME
+    results_path.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    samples = pick_samples(test_items, outputs, comparison, n=n_samples)
+    report_path = write_report(out, comparison, metrics_jsonl_path, forgetting, samples)
+    return EvalResult(comparison, forgetting, outputs, results_path, report_path)

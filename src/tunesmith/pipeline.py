@@ -1,0 +1,283 @@
+"""`tunesmith train` as a Python function: data → model → method → loop → final artifact.
+
+This module only composes the stages; each stage's logic lives in its own package.
+The CLI and the Python API both call `train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from tunesmith.config import RunConfig
+from tunesmith.data.load import prepare_records
+from tunesmith.engine import checkpoint as ckpt
+from tunesmith.engine.loop import (
+    LoopState,
+    StepPlan,
+    TrainingError,
+    evaluate_loss,
+    load_trainable_state,
+    run_loop,
+    trainable_state,
+)
+from tunesmith.engine.progress import TrainingProgress
+from tunesmith.engine.signals import StopRequest
+from tunesmith.methods import count_parameters, get_method
+from tunesmith.models import load_base_model, pick_device, pick_dtype
+from tunesmith.objectives import get_objective
+from tunesmith.runs import RunPaths
+
+PROMPT_LEARNING_METHODS = ("prefix", "prompt")
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    final_dir: Path
+    steps: int
+    seconds: float
+    real_tokens_per_second: float
+    val_loss_before: float | None
+    val_loss_after: float | None
+    best_step: int | None
+    trainable: int
+    total: int
+    stopped_early: bool
+    stopped_by_signal: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        return json.dumps(data, indent=2)
+
+
+def _tokenize(objective, records, tokenizer, config: RunConfig, report) -> list:
+    examples, dropped = objective.tokenize(
+        tokenizer,
+        records,
+        max_length=config.data.max_length,
+        on_overlength=config.data.on_overlength,
+    )
+    for reason, source in dropped:
+        report.add_dropped(reason, source)
+    return examples
+
+
+def _data_fingerprint(examples: list) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps(dataclasses.asdict(example), default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def _distributed() -> tuple[int, int]:
+    """(world_size, rank) from the launcher (torchrun / accelerate launch), starting gloo/nccl."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 1, 0
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return world_size, torch.distributed.get_rank()
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: str | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> TrainSummary:
+    """Fine-tune as `config` says and write the run directory; returns what was produced."""
+    console = console or Console()
+    world_size, rank = _distributed()
+    paths = RunPaths(config.run_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        paths.config.write_text(config.to_yaml(), encoding="utf-8")
+
+    prepared = prepare_records(
+        config.data.train,
+        validation=config.data.validation,
+        test=config.data.test,
+        format=config.data.format,
+        split=config.data.split,
+        seed=config.data.seed,
+        dedup=config.data.dedup,
+    )
+    report = prepared.report
+
+    device = pick_device(config.train.device)
+    dtype = pick_dtype(config.train.precision, device)
+    method = get_method(config.method.name)
+    objective = get_objective(config.objective.name)
+    torch.manual_seed(config.train.seed)
+    loaded = load_base_model(
+        config.model.name,
+        device=device,
+        dtype=torch.float32 if device.type == "cpu" else dtype,
+        cache_dir=config.model.cache_dir,
+        trust_remote_code=config.model.trust_remote_code,
+        **method.base_load_options(config.method),
+    )
+    tokenizer = loaded.tokenizer
+    train_examples = _tokenize(objective, prepared.train, tokenizer, config, report)
+    val_examples = _tokenize(objective, prepared.validation, tokenizer, config, report)
+    report.set_token_stats(
+        [len(e) for e in train_examples], [objective.units(e) for e in train_examples]
+    )
+    report.check_row_invariant()
+    if rank == 0:
+        report.write(paths.root)
+    if not train_examples:
+        raise TrainingError(
+            f"no training examples left after tokenization; see {paths.data_report} for why."
+        )
+
+    model = method.attach(loaded.model, config.method)
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = count_parameters(model)
+    pack = config.train.packing and config.method.name not in PROMPT_LEARNING_METHODS
+    learning_rate = config.train.learning_rate or method.default_learning_rate
+    effective = config.train.batch_size * config.train.gradient_accumulation * world_size
+    if rank == 0:
+        console.print(
+            f"trainable: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)  "
+            f"method {method.name}  objective {objective.name}  lr {learning_rate:g}\n"
+            f"examples: {len(train_examples)} train, {len(val_examples)} validation  "
+            f"effective batch size {effective} ({config.train.batch_size} x "
+            f"{config.train.gradient_accumulation} accumulation x {world_size} process(es))  "
+            f"device {device.type}  precision {str(dtype).removeprefix('torch.')}"
+        )
+
+    autocast = dtype if device.type == "cuda" and dtype != torch.float32 else None
+    eval_kwargs = dict(
+        batch_size=config.train.batch_size,
+        pad_token_id=tokenizer.pad_token_id,
+        pack=pack,
+        row_length=config.data.max_length,
+        device=device,
+    )
+    fingerprint = _data_fingerprint(train_examples)
+    compat = {
+        "data_fingerprint": fingerprint,
+        "effective_batch_size": effective,
+        "micro_batch_size": config.train.batch_size,
+        "gradient_accumulation": config.train.gradient_accumulation,
+        "world_size": world_size,
+    }
+
+    resume_from = ckpt.resolve_resume(paths.root, resume) if resume else None
+    if resume and resume_from is None and rank == 0:
+        console.print(f"no complete checkpoint in {paths.checkpoints}: starting fresh")
+    if resume_from is None:
+        paths.metrics.write_text("", encoding="utf-8") if rank == 0 else None
+        val_before = (
+            evaluate_loss(model, objective, val_examples, **eval_kwargs) if val_examples else None
+        )
+        if rank == 0 and val_before is not None:
+            with paths.metrics.open("a") as stream:
+                stream.write(json.dumps({"step": 0, "val_loss": val_before}) + "\n")
+    else:
+        val_before = None
+
+    def restore(optimizer, scheduler) -> LoopState:
+        if resume_from is None:
+            return LoopState()
+        saved = ckpt.load_checkpoint(resume_from)
+        ckpt.check_resume_compatible(saved.train_state, compat)
+        load_trainable_state(model, saved.trainable_state)
+        optimizer.load_state_dict(saved.optimizer_state)
+        scheduler.load_state_dict(saved.scheduler_state)
+        ckpt.restore_rng(saved.rng_state)
+        state = LoopState.from_dict(saved.train_state["loop"])
+        if rank == 0:
+            console.print(f"resumed from {resume_from} at step {state.step}")
+        return state
+
+    def save(state: LoopState, optimizer, scheduler, metric: float | None) -> None:
+        if rank != 0:
+            return
+        ckpt.save_checkpoint(
+            paths.root,
+            state.step,
+            trainable_state=trainable_state(model),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            train_state={**compat, "loop": state.to_dict()},
+            metric=metric,
+        )
+        ckpt.rotate_checkpoints(paths.root, config.train.keep_checkpoints, state.best_step)
+
+    def all_reduce(tensor: torch.Tensor) -> None:
+        torch.distributed.all_reduce(tensor)
+
+    plan = StepPlan(
+        config.train.batch_size,
+        config.train.gradient_accumulation,
+        world_size,
+        math.ceil(len(train_examples) / config.train.batch_size),
+    )
+    total_steps = plan.total_steps(config.train.epochs, config.train.max_steps)
+    with (
+        StopRequest() as stop,
+        TrainingProgress(total_steps, enabled=show_progress and rank == 0) as progress,
+    ):
+        result = run_loop(
+            model,
+            objective,
+            train_examples,
+            val_examples,
+            settings=config.train,
+            learning_rate=learning_rate,
+            pad_token_id=tokenizer.pad_token_id,
+            row_length=config.data.max_length,
+            pack=pack,
+            device=device,
+            metrics_path=paths.metrics,
+            progress=progress,
+            autocast_dtype=autocast,
+            world_size=world_size,
+            rank=rank,
+            all_reduce=all_reduce if world_size > 1 else None,
+            resume=restore,
+            save=save,
+            stop_requested=lambda: stop.requested,
+        )
+
+    if result.best_trainable_state is not None and not result.stopped_by_signal:
+        load_trainable_state(model, result.best_trainable_state)
+    val_after = None
+    if val_examples and not result.stopped_by_signal:
+        val_after = evaluate_loss(model, objective, val_examples, **eval_kwargs)
+    if rank == 0 and not result.stopped_by_signal:
+        method.save(model, paths.final)
+        tokenizer.save_pretrained(paths.final)
+    summary = TrainSummary(
+        run_dir=paths.root,
+        final_dir=paths.final,
+        steps=result.state.step,
+        seconds=round(result.seconds, 2),
+        real_tokens_per_second=round(result.real_tokens_per_second, 1),
+        val_loss_before=val_before,
+        val_loss_after=val_after,
+        best_step=result.state.best_step,
+        trainable=trainable,
+        total=total,
+        stopped_early=result.stopped_early,
+        stopped_by_signal=result.stopped_by_signal,
+        warnings=result.warnings,
+    )
+    if rank == 0:
+        paths.summary.write_text(summary.to_json(), encoding="utf-8")
+    return summary

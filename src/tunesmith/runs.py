@@ -1,0 +1,97 @@
+"""The run directory: where every stage finds what the previous one wrote.
+
+runs/<name>/config.yaml, data_report.json, metrics.jsonl, checkpoints/, final/, eval/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from tunesmith.config import ConfigError, RunConfig
+from tunesmith.methods import get_method
+from tunesmith.models import load_base_model, pick_device
+
+
+class RunError(Exception):
+    """A run directory that is missing or incomplete; the message says what to run first."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data_report(self) -> Path:
+        return self.root / "data_report.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    paths = RunPaths(run_dir)
+    if not paths.config.is_file():
+        raise RunError(
+            f"{run_dir}: not a tunesmith run directory (no config.yaml). "
+            "Pass the directory `tunesmith train` printed at the end."
+        )
+    raw = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+    try:
+        return RunConfig.model_validate(raw)
+    except Exception as error:
+        raise ConfigError(f"{paths.config}: {error}") from None
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    config: RunConfig
+    device: torch.device
+
+
+def load_trained(run_dir: Path, *, device: str = "auto") -> TrainedModel:
+    """The fine-tuned model of a run, rebuilt from the base model and `final/`."""
+    paths = RunPaths(run_dir)
+    config = read_run_config(run_dir)
+    if not paths.final.is_dir():
+        raise RunError(f"{paths.final} is missing: the run has not finished training.")
+    method = get_method(config.method.name)
+    target = pick_device(device)
+    loaded = load_base_model(
+        config.model.name,
+        device=target,
+        cache_dir=config.model.cache_dir,
+        trust_remote_code=config.model.trust_remote_code,
+        **method.base_load_options(config.method),
+    )
+    model = method.load(loaded.model, paths.final)
+    model.eval()
+    return TrainedModel(model=model, tokenizer=loaded.tokenizer, config=config, device=target)
