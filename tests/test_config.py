@@ -41,7 +41,7 @@ def test_bad_choice_lists_allowed_values_and_suggests() -> None:
 
 
 def test_bad_type_and_bad_override_syntax() -> None:
-    with pytest.raises(ConfigError, match="train.batch_size"):
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
         load_config(None, ["train.batch_size=many"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["train.epochs"])

@@ -71,7 +71,7 @@ def test_overlength_drop_is_counted_and_error_names_the_line(tiny_tokenizer, con
     dropped = {(reason, source.line) for reason, source in outcome.dropped}
     assert kept | {line for _, line in dropped} == {1, 2, 3}
     assert ("over_length", 2) in dropped
-    with pytest.raises(TokenizeError, match="data.jsonl:2: \\[over_length\\]"):
+    with pytest.raises(TokenizeError, match=r"data\.jsonl:2: \[over_length\]"):
         tokenize_conversations(tiny_tokenizer, conversations, max_length=30, on_overlength="error")
 
 

@@ -86,6 +86,10 @@ def train(
         str | None,
         typer.Option(help="'auto' (newest complete checkpoint of the run) or a checkpoint path."),
     ] = None,
+    resume_allow_mismatch: Annotated[
+        bool,
+        typer.Option(help="Resume even if data or batch settings changed (not reproducible)."),
+    ] = False,
     evaluate: Annotated[
         bool, typer.Option("--eval/--no-eval", help="Evaluate on the test split afterwards.")
     ] = True,
@@ -107,7 +111,9 @@ def train(
     from tunesmith.pipeline import train as run_training
 
     console.print(f"[bold]tunesmith train[/bold] → {run_config.run_dir}")
-    summary = run_training(run_config, resume=resume, console=console)
+    summary = run_training(
+        run_config, resume=resume, allow_mismatch=resume_allow_mismatch, console=console
+    )
     _print_train_summary(summary)
     if summary.stopped_by_signal:
         from tunesmith.engine.signals import STOPPED_BY_SIGNAL_EXIT_CODE

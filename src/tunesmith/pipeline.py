@@ -94,6 +94,7 @@ def train(
     config: RunConfig,
     *,
     resume: str | None = None,
+    allow_mismatch: bool = False,
     console: Console | None = None,
     show_progress: bool = True,
 ) -> TrainSummary:
@@ -191,19 +192,34 @@ def train(
     else:
         val_before = None
 
-    def restore(optimizer, scheduler) -> LoopState:
+    def restore(optimizer, scheduler) -> tuple[LoopState, dict[str, torch.Tensor] | None]:
         if resume_from is None:
-            return LoopState()
+            return LoopState(), None
         saved = ckpt.load_checkpoint(resume_from)
-        ckpt.check_resume_compatible(saved.train_state, compat)
+        try:
+            ckpt.check_resume_compatible(saved.train_state, compat)
+        except ckpt.CheckpointError:
+            if not allow_mismatch:
+                raise
+            console.print(
+                "[yellow]warning:[/yellow] resuming although data or batch settings changed; "
+                "the run is no longer an exact continuation"
+            )
         load_trainable_state(model, saved.trainable_state)
         optimizer.load_state_dict(saved.optimizer_state)
         scheduler.load_state_dict(saved.scheduler_state)
         ckpt.restore_rng(saved.rng_state)
         state = LoopState.from_dict(saved.train_state["loop"])
+        best = None
+        if state.best_step == state.step:
+            best = saved.trainable_state
+        elif state.best_step is not None:
+            best = ckpt.load_checkpoint(
+                paths.checkpoints / f"step-{state.best_step}"
+            ).trainable_state
         if rank == 0:
             console.print(f"resumed from {resume_from} at step {state.step}")
-        return state
+        return state, best
 
     def save(state: LoopState, optimizer, scheduler, metric: float | None) -> None:
         if rank != 0:

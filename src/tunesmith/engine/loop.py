@@ -187,15 +187,18 @@ def run_loop(
     world_size: int = 1,
     rank: int = 0,
     all_reduce: Callable[[torch.Tensor], None] | None = None,
-    resume: Callable[[torch.optim.Optimizer, object], LoopState] | None = None,
+    resume: Callable[
+        [torch.optim.Optimizer, object], tuple[LoopState, dict[str, torch.Tensor] | None]
+    ]
+    | None = None,
     save: Callable[[LoopState, torch.optim.Optimizer, object, float | None], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> LoopResult:
     """Train until the planned steps are done, early stopping fires, or a stop is requested.
 
-    `resume` restores model/optimizer/scheduler/RNG and returns the saved LoopState;
-    `save` writes a checkpoint. Both are supplied by the caller so the loop stays free
-    of storage concerns.
+    `resume` restores model/optimizer/scheduler/RNG and returns the saved LoopState and the
+    best step's trainable weights; `save` writes a checkpoint. Both come from the caller, so
+    the loop stays free of storage concerns.
     """
     lengths = [len(example) for example in train_examples]
     micro_per_epoch = math.ceil(len(train_examples) / settings.batch_size)
@@ -214,10 +217,9 @@ def run_loop(
         warmup_ratio=settings.warmup_ratio,
         kind=settings.lr_scheduler,
     )
-    state = resume(optimizer, scheduler) if resume else LoopState()
+    state, best_state = resume(optimizer, scheduler) if resume else (LoopState(), None)
     start_step = state.step
     warnings: list[str] = []
-    best_state = trainable_state(model) if state.best_step is not None else None
     stopped_early = stopped_by_signal = False
 
     def batches_of_epoch(epoch: int) -> list[list[int]]:
