@@ -24,8 +24,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_USER_ERROR = 2
 F = TypeVar("F", bound=Callable[..., object])
@@ -110,10 +110,13 @@ def train(
 
     from tunesmith.pipeline import train as run_training
 
-    console.print(f"[bold]tunesmith train[/bold] → {run_config.run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"[bold]tunesmith train[/bold] → {run_config.run_dir}")
     summary = run_training(
         run_config, resume=resume, allow_mismatch=resume_allow_mismatch, console=console
     )
+    if summary.rank != 0:  # the other processes of a multi-process run have nothing to add
+        return
     _print_train_summary(summary)
     if summary.stopped_by_signal:
         from tunesmith.engine.signals import STOPPED_BY_SIGNAL_EXIT_CODE

@@ -42,6 +42,7 @@ PROMPT_LEARNING_METHODS = ("prefix", "prompt")
 @dataclass
 class TrainSummary:
     run_dir: Path
+    rank: int
     final_dir: Path
     steps: int
     seconds: float
@@ -182,7 +183,9 @@ def train(
     if resume and resume_from is None and rank == 0:
         console.print(f"no complete checkpoint in {paths.checkpoints}: starting fresh")
     if resume_from is None:
-        paths.metrics.write_text("", encoding="utf-8") if rank == 0 else None
+        if rank == 0:
+            paths.metrics.write_text("", encoding="utf-8")
+        paths.root.joinpath(f"samples.rank{rank}.jsonl").write_text("", encoding="utf-8")
         val_before = (
             evaluate_loss(model, objective, val_examples, **eval_kwargs) if val_examples else None
         )
@@ -281,6 +284,7 @@ def train(
         tokenizer.save_pretrained(paths.final)
     summary = TrainSummary(
         run_dir=paths.root,
+        rank=rank,
         final_dir=paths.final,
         steps=result.state.step,
         seconds=round(result.seconds, 2),
@@ -296,4 +300,6 @@ def train(
     )
     if rank == 0:
         paths.summary.write_text(summary.to_json(), encoding="utf-8")
+    if world_size > 1:
+        torch.distributed.barrier()
     return summary

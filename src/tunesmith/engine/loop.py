@@ -229,7 +229,11 @@ def run_loop(
     model.train()
     started = time.perf_counter()
     real_tokens_run = 0
-    with metrics_path.open("a", encoding="utf-8") as metrics:
+    samples_path = metrics_path.with_name(f"samples.rank{rank}.jsonl")
+    with (
+        metrics_path.open("a", encoding="utf-8") as metrics,
+        samples_path.open("a", encoding="utf-8") as samples,
+    ):
         while state.step < total_steps and not stopped_early:
             if state.micro_batches_done_in_epoch >= len(order):
                 state.epoch += 1
@@ -265,6 +269,10 @@ def run_loop(
             grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm))
 
             state.micro_batches_done_in_epoch += len(window)
+            # Which examples this process trained on at each step: an audit trail for
+            # resume and multi-process runs, and for finding the rows behind a bad step.
+            samples.write(json.dumps({"step": state.step + 1, "examples": sources}) + "\n")
+            samples.flush()
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
                 state.nonfinite_in_a_row += 1
