@@ -7,7 +7,9 @@ save/load round trips) is checked on every method in seconds.
 
 from __future__ import annotations
 
+import json
 import os
+import textwrap
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -97,3 +99,55 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_model(tiny_tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     return build_tiny_model(len(tiny_tokenizer))
+
+
+FACTS = [
+    ("What is two plus two?", "Four."),
+    ("capital of France?", "Paris"),
+    ("capital of Italy?", "Rome"),
+    ("Translate to French: hello", "bonjour"),
+    ("What is three plus five?", "Eight."),
+    ("Reply in JSON", '{"intent": "GetWeather"}'),
+    ("one word", "spam"),
+    ("another word", "ham"),
+    ("say thank you", "thank you"),
+    ("say goodbye", "goodbye"),
+    ("a number", "7"),
+    ("two numbers", "4 5"),
+]
+
+
+@pytest.fixture
+def run_setup(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
+    """A memorisable chat file and a small LoRA config on the tiny model, in tmp_path."""
+    data = tmp_path / "facts.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"{q} ({i})"},
+                {"role": "assistant", "content": a},
+            ]
+        }
+        for i in range(2)
+        for q, a in FACTS
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "resume.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            model: {{name: "{tiny_model_dir}"}}
+            data: {{train: facts.jsonl, split: [0.8, 0.2, 0.0], max_length: 64}}
+            method: {{name: lora, r: 4, alpha: 8, dropout: 0.1}}
+            train:
+              max_steps: 6
+              batch_size: 4
+              gradient_accumulation: 2
+              learning_rate: 0.01
+              eval_every: 2
+              early_stopping_patience: null
+            eval: {{enabled: false}}
+            """
+        )
+    )
+    return config, tmp_path

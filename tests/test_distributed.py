@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_resume import adapter, run_setup, train_losses  # noqa: F401  (fixture)
+from tests.helpers import adapter, train_losses
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

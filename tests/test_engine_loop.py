@@ -1,5 +1,6 @@
 """The loop's shared numerics: exact gradient accumulation, training that really trains."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from tunesmith.config import MethodConfig, TrainConfig
 from tunesmith.data.records import Conversation, Message, Source
 from tunesmith.data.tokenize import tokenize_conversations
-from tunesmith.engine.loop import backward_window, overfitting_warning, run_loop
+from tunesmith.engine.loop import TrainingError, backward_window, overfitting_warning, run_loop
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.methods import get_method
 from tunesmith.objectives import get_objective
@@ -138,3 +139,64 @@ def test_overfitting_warning_needs_rising_validation_and_falling_training() -> N
     assert overfitting_warning([(10, 1.2), (20, 1.1), (30, 1.0)], train) is None
     flat_train = [(s, 2.0) for s in range(1, 31)]
     assert overfitting_warning([(10, 1.0), (20, 1.1), (30, 1.2)], flat_train) is None
+
+
+class PoisonedSFT:
+    """SFT whose loss is NaN on chosen optimizer steps (counted by backward windows)."""
+
+    def __init__(self, poisoned_calls: set[int]) -> None:
+        self.inner = get_objective("sft")
+        self.name = "sft"
+        self.poisoned_calls = poisoned_calls
+        self.calls = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def loss_sum(self, model, batch):
+        self.calls += 1
+        loss, units = self.inner.loss_sum(model, batch)
+        return (loss * float("nan"), units) if self.calls in self.poisoned_calls else (loss, units)
+
+
+def run_poisoned(tokenizer, model, tmp_path, poisoned: set[int], steps: int):
+    data = examples(tokenizer)
+    with TrainingProgress(100, enabled=False) as progress:
+        return run_loop(
+            model,
+            PoisonedSFT(poisoned),
+            data,
+            [],
+            settings=TrainConfig(max_steps=steps, batch_size=8, warmup_ratio=0.0),
+            learning_rate=1e-2,
+            pad_token_id=tokenizer.pad_token_id,
+            row_length=128,
+            pack=True,
+            device=torch.device("cpu"),
+            metrics_path=tmp_path / "metrics.jsonl",
+            progress=progress,
+        )
+
+
+def test_nonfinite_step_is_skipped_named_and_leaves_weights_alone(
+    tiny_tokenizer, tiny_model, tmp_path
+) -> None:
+    model = get_method("lora").attach(tiny_model, MethodConfig(r=4, dropout=0.0))
+    # One micro-batch per step here: call 2 is step 2.
+    result = run_poisoned(tiny_tokenizer, model, tmp_path, {2}, steps=3)
+    assert result.state.step == 3  # the poisoned window was skipped, then training went on
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = [line for line in lines if line.get("event") == "nonfinite_skipped"]
+    assert len(skipped) == 1 and skipped[0]["step"] == 2
+    assert any(name.startswith("mem.jsonl:") for name in skipped[0]["examples"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_repeated_nonfinite_steps_stop_the_run(tiny_tokenizer, tiny_model, tmp_path) -> None:
+    model = get_method("lora").attach(tiny_model, MethodConfig(r=4, dropout=0.0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with pytest.raises(TrainingError, match="3 non-finite steps in a row"):
+        run_poisoned(tiny_tokenizer, model, tmp_path, {1, 2, 3}, steps=5)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert torch.equal(parameter, before[name])

@@ -2,67 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-FACTS = [
-    ("What is two plus two?", "Four."),
-    ("capital of France?", "Paris"),
-    ("capital of Italy?", "Rome"),
-    ("Translate to French: hello", "bonjour"),
-    ("What is three plus five?", "Eight."),
-    ("Reply in JSON", '{"intent": "GetWeather"}'),
-    ("one word", "spam"),
-    ("another word", "ham"),
-    ("say thank you", "thank you"),
-    ("say goodbye", "goodbye"),
-    ("a number", "7"),
-    ("two numbers", "4 5"),
-]
-
-
-@pytest.fixture
-def run_setup(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
-    data = tmp_path / "facts.jsonl"
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"{q} ({i})"},
-                {"role": "assistant", "content": a},
-            ]
-        }
-        for i in range(2)
-        for q, a in FACTS
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = tmp_path / "resume.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            model: {{name: "{tiny_model_dir}"}}
-            data: {{train: facts.jsonl, split: [0.8, 0.2, 0.0], max_length: 64}}
-            method: {{name: lora, r: 4, alpha: 8, dropout: 0.1}}
-            train:
-              max_steps: 6
-              batch_size: 4
-              gradient_accumulation: 2
-              learning_rate: 0.01
-              eval_every: 2
-              early_stopping_patience: null
-            eval: {{enabled: false}}
-            """
-        )
-    )
-    return config, tmp_path
-
+from tests.helpers import adapter, train_losses
 
 DRIVER = """
 import os, signal, sys
@@ -98,15 +46,6 @@ def tunesmith(*args: str, cwd: Path, driver: tuple[str, int] | None = None):
     else:
         command = [sys.executable, "-m", "tunesmith.cli", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {line["step"]: line["train_loss"] for line in lines if "train_loss" in line}
-
-
-def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "final" / "adapter_model.safetensors")
 
 
 @pytest.mark.parametrize("interrupt", [("kill", 4), ("term", 3)])

@@ -36,6 +36,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunesmith.data.validate import DataError
     from tunesmith.engine.checkpoint import CheckpointError
     from tunesmith.engine.loop import TrainingError
+    from tunesmith.engine.trackers import TrackerError
     from tunesmith.methods import MethodError
     from tunesmith.models import ModelError
     from tunesmith.objectives import ObjectiveError
@@ -51,6 +52,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RunError,
         CheckpointError,
         TrainingError,
+        TrackerError,
     )
 
 

@@ -136,6 +136,10 @@ class TrainConfig(_Section):
         None, ge=1, description="Optimizer steps between checkpoints; default: at each eval."
     )
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept (plus the best).")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="Trackers to send metrics to; none by default (nothing imported or sent).",
+    )
     max_nonfinite_steps: int = Field(
         3, ge=1, description="Stop after this many NaN/Inf steps in a row (each is skipped)."
     )

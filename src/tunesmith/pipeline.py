@@ -31,6 +31,7 @@ from tunesmith.engine.loop import (
 )
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.engine.signals import StopRequest
+from tunesmith.engine.trackers import Trackers
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models import load_base_model, pick_device, pick_dtype
 from tunesmith.objectives import get_objective
@@ -248,6 +249,9 @@ def train(
         math.ceil(len(train_examples) / config.train.batch_size),
     )
     total_steps = plan.total_steps(config.train.epochs, config.train.max_steps)
+    trackers = Trackers(
+        config.train.report_to if rank == 0 else [], paths.root, config.model_dump(mode="json")
+    )
     with (
         StopRequest() as stop,
         TrainingProgress(total_steps, enabled=show_progress and rank == 0) as progress,
@@ -272,7 +276,9 @@ def train(
             resume=restore,
             save=save,
             stop_requested=lambda: stop.requested,
+            on_metrics=trackers.log,
         )
+    trackers.close()
 
     if result.best_trainable_state is not None and not result.stopped_by_signal:
         load_trainable_state(model, result.best_trainable_state)

@@ -193,6 +193,7 @@ def run_loop(
     | None = None,
     save: Callable[[LoopState, torch.optim.Optimizer, object, float | None], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    on_metrics: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
     """Train until the planned steps are done, early stopping fires, or a stop is requested.
 
@@ -234,6 +235,15 @@ def run_loop(
         metrics_path.open("a", encoding="utf-8") as metrics,
         samples_path.open("a", encoding="utf-8") as samples,
     ):
+
+        def emit(record: dict[str, Any]) -> None:
+            if rank != 0:
+                return
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            if on_metrics is not None:
+                on_metrics(record)
+
         while state.step < total_steps and not stopped_early:
             if state.micro_batches_done_in_epoch >= len(order):
                 state.epoch += 1
@@ -276,16 +286,14 @@ def run_loop(
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
                 state.nonfinite_in_a_row += 1
-                _write(
-                    metrics,
+                emit(
                     {
                         "step": state.step + 1,
                         "event": "nonfinite_skipped",
                         "loss": str(loss_value),
                         "grad_norm": str(grad_norm),
                         "examples": sources,
-                    },
-                    rank,
+                    }
                 )
                 progress.message(
                     f"step {state.step + 1}: non-finite loss/gradient, step skipped "
@@ -310,8 +318,7 @@ def run_loop(
             elapsed = time.perf_counter() - started
             tokens_per_s = real_tokens_run / max(elapsed, 1e-9)
             if state.step % settings.log_every == 0 or state.step == total_steps:
-                _write(
-                    metrics,
+                emit(
                     {
                         "step": state.step,
                         "epoch": round(
@@ -322,8 +329,7 @@ def run_loop(
                         "grad_norm": grad_norm,
                         "tokens": state.tokens_seen,
                         "tokens_per_s": tokens_per_s,
-                    },
-                    rank,
+                    }
                 )
             progress.advance_to(state.step, {"loss": loss_value, "tok/s": round(tokens_per_s, 1)})
 
@@ -343,7 +349,7 @@ def run_loop(
                     device=device,
                 )
                 state.val_history.append((state.step, val_loss))
-                _write(metrics, {"step": state.step, "val_loss": val_loss}, rank)
+                emit({"step": state.step, "val_loss": val_loss})
                 progress.message(
                     f"step {state.step}: val_loss {val_loss:.4f}  train_loss {loss_value:.4f}"
                 )
@@ -410,12 +416,6 @@ def overfitting_warning(
             "fewer epochs, a lower learning rate, or more data."
         )
     return None
-
-
-def _write(stream, record: dict[str, object], rank: int) -> None:
-    if rank == 0:
-        stream.write(json.dumps(record) + "\n")
-        stream.flush()
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

@@ -1,0 +1,118 @@
+"""The real `tunesmith` CLI on the tiny model: what a user runs, and what they get."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.runs import load_trained
+
+runner = CliRunner()
+
+
+def test_train_writes_a_run_that_peft_loads_without_tunesmith(run_setup) -> None:
+    config, workdir = run_setup
+    run_dir = workdir / "runs" / "cli"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(config),
+            "--set",
+            f"output.dir={workdir / 'runs'}",
+            "--set",
+            "output.name=cli",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "trainable: 4,096 of" in result.output
+    assert "validation loss" in result.output
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["max_steps"] == 6 and saved["method"]["name"] == "lora"
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "train_loss" in line] == [1, 2, 3, 4, 5, 6]
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["rows_in"] == report["rows_kept"] + report["rows_dropped"]
+
+    final = run_dir / "final"
+    assert (final / "adapter_config.json").is_file()
+    assert (final / "adapter_model.safetensors").is_file()
+    ours = load_trained(run_dir)
+    base = AutoModelForCausalLM.from_pretrained(saved["model"]["name"])
+    theirs = PeftModel.from_pretrained(base, final).eval()
+    ids = ours.tokenizer("What is two plus two?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours.model(ids).logits, atol=1e-5, rtol=0)
+        with theirs.disable_adapter():
+            base_logits = theirs(ids).logits
+    assert not torch.allclose(base_logits, ours.model(ids).logits)  # the adapter does something
+
+
+def test_generate_streams_an_answer(run_setup) -> None:
+    config, workdir = run_setup
+    out = workdir / "runs"
+    trained = runner.invoke(app, ["train", str(config), "--set", f"output.dir={out}", "--no-eval"])
+    assert trained.exit_code == 0, trained.output
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            str(out / "resume"),
+            "--prompt",
+            "capital of France?",
+            "--max-new-tokens",
+            "5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip()
+
+
+def test_config_mistakes_exit_2_with_the_key_and_no_traceback(run_setup) -> None:
+    config, _ = run_setup
+    result = runner.invoke(app, ["train", str(config), "--set", "train.epoch=2"])
+    assert result.exit_code == 2
+    assert "train.epoch: unknown key. Did you mean 'train.epochs'?" in result.output
+    assert "Traceback" not in result.output
+    missing = runner.invoke(app, ["train", "--data", "no/such/file.jsonl"])
+    assert missing.exit_code == 2
+    assert "no/such/file.jsonl" in missing.output
+
+
+def test_bad_data_is_refused_before_training(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    rows = [json.dumps(good)] * 11 + ['{"messages": [']
+    data.write_text("\n".join(rows) + "\n")
+    result = runner.invoke(
+        app, ["train", "--data", str(data), "--set", f"model.name={tiny_model_dir}"]
+    )
+    assert result.exit_code == 2
+    assert "bad.jsonl:12" in result.output and "invalid_json" in result.output
+
+
+def test_no_tracker_is_imported_unless_asked(run_setup) -> None:
+    config, workdir = run_setup
+    probe = (
+        "import sys\n"
+        "from tunesmith.cli import app\n"
+        f"app(['train', {str(config)!r}, '--no-eval'], standalone_mode=False)\n"
+        "loaded = [m for m in ('wandb', 'mlflow', 'tensorboard', 'torch.utils.tensorboard')"
+        " if m in sys.modules]\n"
+        "print('TRACKERS', loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=workdir, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TRACKERS []" in result.stdout
