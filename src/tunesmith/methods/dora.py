@@ -1,0 +1,38 @@
+"""DoRA: LoRA on the direction of each weight plus a trained per-row magnitude (peft).
+
+Slightly more parameters and compute than LoRA (one magnitude vector per adapted
+layer); often closer to full fine-tuning at the same rank. Merges like LoRA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from tunesmith.config import MethodConfig
+from tunesmith.methods import _peft
+from tunesmith.methods.lora import build_lora_config
+
+
+class DoRA:
+    name = "dora"
+    default_learning_rate = 2e-4
+    mergeable = True
+
+    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+        return {}
+
+    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+        return get_peft_model(model, build_lora_config(settings, use_dora=True))
+
+    def save(self, model: nn.Module, out_dir: Path) -> None:
+        _peft.save_adapter(model, out_dir)
+
+    def load(self, base: PreTrainedModel, artifact_dir: Path) -> nn.Module:
+        return _peft.load_adapter(base, artifact_dir)
+
+    def merge(self, model: nn.Module) -> PreTrainedModel:
+        return _peft.merge_adapter(model)
