@@ -116,3 +116,28 @@ def test_no_tracker_is_imported_unless_asked(run_setup) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "TRACKERS []" in result.stdout
+
+
+def test_merge_writes_a_plain_model_with_the_same_logits(run_setup) -> None:
+    config, workdir = run_setup
+    out = workdir / "runs"
+    assert runner.invoke(app, ["train", str(config), "--set", f"output.dir={out}"]).exit_code == 0
+    result = runner.invoke(app, ["merge", str(out / "resume")])
+    assert result.exit_code == 0, result.output
+    merged = AutoModelForCausalLM.from_pretrained(out / "resume" / "merged").eval()
+    ours = load_trained(out / "resume")
+    ids = ours.tokenizer("capital of Italy?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, ours.model(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_merge_of_prompt_tuning_explains_why_not(run_setup) -> None:
+    config, workdir = run_setup
+    out = workdir / "runs"
+    trained = runner.invoke(
+        app, ["train", str(config), "--set", f"output.dir={out}", "--set", "method.name=prompt"]
+    )
+    assert trained.exit_code == 0, trained.output
+    result = runner.invoke(app, ["merge", str(out / "resume")])
+    assert result.exit_code == 2
+    assert "prompt" in result.output and "Traceback" not in result.output

@@ -224,6 +224,30 @@ def compare(
 
 @app.command()
 @friendly_errors
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tunesmith train`.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the merged model; default RUN_DIR/merged.")
+    ] = None,
+) -> None:
+    """Fold the trained adapter into the base weights: a plain model any tool loads."""
+    from tunesmith.methods import get_method
+    from tunesmith.runs import RunPaths, load_trained
+
+    trained = load_trained(run_dir)
+    method = get_method(trained.config.method.name)
+    target = out or RunPaths(run_dir).root / "merged"
+    merged = method.merge(trained.model)
+    merged.save_pretrained(target, safe_serialization=True)
+    trained.tokenizer.save_pretrained(target)
+    console.print(
+        f"merged {method.name} into the base model: {target}\n"
+        f"load it with AutoModelForCausalLM.from_pretrained({str(target)!r})"
+    )
+
+
+@app.command()
+@friendly_errors
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tunesmith train`.")],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="The user message.")],
