@@ -141,3 +141,16 @@ def test_merge_of_prompt_tuning_explains_why_not(run_setup) -> None:
     result = runner.invoke(app, ["merge", str(out / "resume")])
     assert result.exit_code == 2
     assert "prompt" in result.output and "Traceback" not in result.output
+
+
+def test_chat_keeps_the_conversation_and_ends_on_an_empty_line(run_setup) -> None:
+    config, workdir = run_setup
+    out = workdir / "runs"
+    assert runner.invoke(app, ["train", str(config), "--set", f"output.dir={out}"]).exit_code == 0
+    result = runner.invoke(
+        app,
+        ["chat", str(out / "resume"), "--max-new-tokens", "4"],
+        input="capital of France?\n/reset\nsay goodbye\n\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("model> ") == 2

@@ -179,7 +179,7 @@ def evaluate_command(
         list[str] | None,
         typer.Option(
             "--metric",
-            help="exact_match, accuracy, macro_f1, rouge_l, bleu, json_valid, json_match; "
+            help="exact_match, accuracy, macro_f1, rouge_l, bleu, json_valid, json_match, json_exact; "
             "default: chosen from the data.",
         ),
     ] = None,

@@ -18,6 +18,7 @@ from tunesmith.evaluate.metrics import (
     exact_match,
     extract_gsm8k_answer,
     extract_last_number,
+    json_exact,
     json_match,
     json_valid,
     macro_f1,
@@ -106,6 +107,17 @@ def test_json_valid_and_shape_match() -> None:
     assert json_match([same], [reference]).value == 1.0
 
 
+def test_json_exact_compares_values_not_text() -> None:
+    reference = '{"intent": "PlayMusic", "slots": {"artist": "Miles Davis"}}'
+    predictions = [
+        '{"slots": {"artist": "Miles Davis"}, "intent": "PlayMusic"}',
+        '```json\n{"intent": "PlayMusic", "slots": {"artist": "Miles Davis"}}\n```',
+        '{"intent": "PlayMusic", "slots": {"artist": "Miles"}}',
+        "PlayMusic",
+    ]
+    assert json_exact(predictions, [reference] * 4).per_item.tolist() == [1, 1, 0, 0]
+
+
 def test_perplexity_from_summed_nll() -> None:
     assert perplexity_from_nll(4 * math.log(10), 4) == pytest.approx(10.0)
     with pytest.raises(ValueError):
@@ -116,6 +128,7 @@ def test_default_metrics_follow_the_data(make_conversation) -> None:
     labelled = [make_conversation("x", "positive", label="positive")]
     assert default_metric_names(labelled) == ["accuracy", "macro_f1"]
     assert default_metric_names([make_conversation("x", '{"a": 1}')]) == [
+        "json_exact",
         "json_match",
         "json_valid",
     ]

@@ -316,6 +316,16 @@ def json_match(predictions: Sequence[str], references: Sequence[str]) -> MetricS
     return scores_from_per_item("json_match", per_item)
 
 
+def json_exact(predictions: Sequence[str], references: Sequence[str]) -> MetricScores:
+    """1 when the prediction parses to the same JSON value as the reference (key order aside)."""
+    per_item = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        predicted_ok, predicted = parse_json_reply(prediction)
+        reference_ok, expected = parse_json_reply(reference)
+        per_item.append(float(predicted_ok and reference_ok and predicted == expected))
+    return scores_from_per_item("json_exact", per_item)
+
+
 def perplexity_from_nll(total_nll: float, n_tokens: int) -> float:
     """exp(mean token negative log-likelihood): summed NLL over all scored tokens / their count."""
     if n_tokens <= 0:
@@ -342,6 +352,7 @@ METRICS: dict[str, MetricSpec] = {
     "bleu": MetricSpec(bleu),
     "json_valid": MetricSpec(json_valid),
     "json_match": MetricSpec(json_match),
+    "json_exact": MetricSpec(json_exact),
 }
 
 
@@ -394,7 +405,7 @@ def default_metric_names(test_items: Sequence[Conversation]) -> list[str]:
         return ["accuracy", "macro_f1"]
     references = [item.messages[-1].content for item in test_items]
     if references and all(_is_json_object_or_array(reference) for reference in references):
-        return ["json_match", "json_valid"]
+        return ["json_exact", "json_match", "json_valid"]
     if references and all(_GSM8K_ANSWER.search(reference) for reference in references):
         return ["exact_match"]
     return ["rouge_l", "bleu"]
