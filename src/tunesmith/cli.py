@@ -179,8 +179,8 @@ def evaluate_command(
         list[str] | None,
         typer.Option(
             "--metric",
-            help="exact_match, accuracy, macro_f1, rouge_l, bleu, json_valid, json_match, json_exact; "
-            "default: chosen from the data.",
+            help="exact_match, accuracy, macro_f1, rouge_l, bleu, json_valid, json_match, "
+            "json_exact; default: chosen from the data.",
         ),
     ] = None,
     max_items: Annotated[int | None, typer.Option(help="Evaluate at most this many items.")] = None,

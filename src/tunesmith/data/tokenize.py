@@ -5,28 +5,61 @@ assistant turns with weight 1 (including the end-of-turn token, so it learns to
 stop). Spans are found by rendering each prefix of the conversation through the
 template and mapping character offsets to tokens, which works for any template
 whose render of a prefix is a prefix of the full render (all common ones).
-Rendering goes through transformers, which uses a sandboxed Jinja environment.
+
+Rendering goes through ``tokenizer.apply_chat_template``, which compiles the
+template in jinja2's ``ImmutableSandboxedEnvironment``. Renders are batched (one
+call per chunk of conversations) and the rendered texts are encoded in one call
+to the fast tokenizer; a record the template rejects is never the end of the
+run: every failing record is collected and reported together in one
+`TokenizeError`, as is every over-long record under ``on_overlength: error``.
 """
 
 from __future__ import annotations
 
+import bisect
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from operator import itemgetter
 
 from transformers import PreTrainedTokenizerBase
 
 from tunesmith.data.records import Conversation, Message, Source, Text
+from tunesmith.data.validate import SHOWN_PROBLEMS, DataError, Problem
 
 IGNORE_INDEX = -100
 
+RENDER_CHUNK = 500
+"""Conversations rendered per `apply_chat_template` call (and per worker task)."""
 
-class TokenizeError(Exception):
-    """A record the chat template cannot render, or that breaks the over-length policy."""
+PARALLEL_RENDER_MIN_RECORDS = 2000
+"""Below this many conversations, worker start-up costs more than rendering in-process."""
 
-    def __init__(self, source: Source, code: str, message: str) -> None:
-        super().__init__(f"{source}: [{code}] {message}")
-        self.source = source
-        self.code = code
+OVERLENGTH_POLICIES = ("drop", "truncate_prompt", "error")
+
+Span = tuple[int, int]
+Rendered = tuple[str, list[Span]]
+
+
+class TokenizeError(DataError):
+    """Records the chat template cannot render, or that break the over-length policy.
+
+    Carries every such record as a `Problem` (codes ``template_render_failed`` and
+    ``over_length``), so the user fixes them all in one pass.
+    """
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.problems)} record(s) cannot be tokenized:"]
+        for problem in self.problems[:SHOWN_PROBLEMS]:
+            field = f" {problem.field}:" if problem.field else ""
+            lines.append(
+                f"{problem.location}: [{problem.code}]{field} {problem.message} Fix: {problem.fix}"
+            )
+        if len(self.problems) > SHOWN_PROBLEMS:
+            lines.append(f"… and {len(self.problems) - SHOWN_PROBLEMS} more")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -53,53 +86,205 @@ def _as_dicts(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def render_with_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], source: Source
-) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character spans of the trained assistant turns."""
-    try:
-        full = tokenizer.apply_chat_template(_as_dicts(messages), tokenize=False)
-        spans = []
-        for index, message in enumerate(messages):
-            if message.role != "assistant" or message.weight == 0:
-                continue
-            before = tokenizer.apply_chat_template(
-                _as_dicts(messages[:index]), tokenize=False, add_generation_prompt=True
+def _render_problem(source: Source, field: str | None, message: str, fix: str) -> Problem:
+    return Problem("template_render_failed", source.file, source.line, field, message, fix)
+
+
+_TEMPLATE_FIX = (
+    "Make the conversation fit the model's chat template (e.g. merge a system message into the "
+    "first user turn if the template has no system role; alternate user and assistant turns), "
+    "or use a model whose template accepts it."
+)
+_PREFIX_FIX = (
+    "Use a chat template whose render of the first turns is a prefix of the whole render "
+    "(templates that rewrite earlier turns, e.g. drop past reasoning, are not supported)."
+)
+
+
+def _trained_turns(messages: Sequence[Message]) -> list[int]:
+    return [i for i, m in enumerate(messages) if m.role == "assistant" and m.weight != 0]
+
+
+def _spans_or_problem(
+    messages: Sequence[Message],
+    source: Source,
+    full: str,
+    before: Sequence[str],
+    through: Sequence[str],
+) -> Rendered | Problem:
+    """Check prefix stability and turn the prefix renders into trained character spans."""
+    spans = []
+    for index, head, upto in zip(_trained_turns(messages), before, through, strict=True):
+        if not full.startswith(upto) or not upto.startswith(head):
+            return _render_problem(
+                source,
+                f"messages[{index}]",
+                f"The chat template renders the conversation up to turn {index} differently "
+                "from the start of the whole conversation, so the trained tokens of that turn "
+                "cannot be located.",
+                _PREFIX_FIX,
             )
-            through = tokenizer.apply_chat_template(
-                _as_dicts(messages[: index + 1]), tokenize=False
-            )
-            if not full.startswith(through) or not through.startswith(before):
-                raise TokenizeError(
-                    source,
-                    "template_not_prefix_stable",
-                    f"the chat template renders turn {index} differently in a prefix than in the "
-                    "whole conversation, so the trained span cannot be located. Use a template "
-                    "whose prefix renders are prefixes of the full render.",
-                )
-            spans.append((len(before), len(through)))
-    except TokenizeError:
-        raise
-    except Exception as error:  # the template itself raised: report it against the record
-        raise TokenizeError(
-            source, "template_render_failed", f"chat template error: {error}"
-        ) from None
+        spans.append((len(head), len(upto)))
     return full, spans
 
 
+def _render_one(tokenizer: PreTrainedTokenizerBase, record: Conversation) -> Rendered | Problem:
+    """One conversation, three kinds of render; a template exception becomes a `Problem`."""
+    messages = record.messages
+    try:
+        full = tokenizer.apply_chat_template(_as_dicts(messages), tokenize=False)
+        before, through = [], []
+        for index in _trained_turns(messages):
+            before.append(
+                tokenizer.apply_chat_template(
+                    _as_dicts(messages[:index]), tokenize=False, add_generation_prompt=True
+                )
+            )
+            last = index == len(messages) - 1
+            through.append(
+                full
+                if last
+                else tokenizer.apply_chat_template(_as_dicts(messages[: index + 1]), tokenize=False)
+            )
+    except Exception as error:  # the template raised: report it against the record
+        return _render_problem(
+            record.source, None, f"chat template error: {error}".rstrip(".") + ".", _TEMPLATE_FIX
+        )
+    return _spans_or_problem(messages, record.source, full, before, through)
+
+
+def _render_chunk(
+    tokenizer: PreTrainedTokenizerBase, records: Sequence[Conversation]
+) -> list[Rendered | Problem]:
+    """Render a chunk in two batched template calls; if the template raises on any record,
+    render the chunk one record at a time so each failing record is named."""
+    plain: list[list[dict[str, str]]] = []
+    prompts: list[list[dict[str, str]]] = []
+    for record in records:
+        messages = record.messages
+        plain.append(_as_dicts(messages))
+        for index in _trained_turns(messages):
+            prompts.append(_as_dicts(messages[:index]))
+            if index != len(messages) - 1:
+                plain.append(_as_dicts(messages[: index + 1]))
+    try:
+        plain_texts = iter(tokenizer.apply_chat_template(plain, tokenize=False))
+        prompt_texts = iter(
+            tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
+            if prompts
+            else []
+        )
+    except Exception:
+        return [_render_one(tokenizer, record) for record in records]
+    results: list[Rendered | Problem] = []
+    for record in records:
+        messages = record.messages
+        full = next(plain_texts)
+        before, through = [], []
+        for index in _trained_turns(messages):
+            before.append(next(prompt_texts))
+            through.append(full if index == len(messages) - 1 else next(plain_texts))
+        results.append(_spans_or_problem(messages, record.source, full, before, through))
+    return results
+
+
+def render_with_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], source: Source
+) -> Rendered:
+    """The rendered text and the character spans of the trained assistant turns.
+
+    Raises `TokenizeError` (code ``template_render_failed``) if the template rejects the
+    conversation or renders its prefixes inconsistently.
+    """
+    result = _render_one(tokenizer, Conversation(tuple(messages), source))
+    if isinstance(result, Problem):
+        raise TokenizeError([result])
+    return result
+
+
+_worker_tokenizer: PreTrainedTokenizerBase | None = None
+
+
+def _remember_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _render_chunk_in_worker(records: Sequence[Conversation]) -> list[Rendered | Problem]:
+    assert _worker_tokenizer is not None, "worker started without a tokenizer"
+    return _render_chunk(_worker_tokenizer, records)
+
+
+def render_workers(n_records: int) -> int:
+    """How many processes render ``n_records`` conversations: 1 unless the input is large,
+    more than one core is free to us, and workers can inherit the tokenizer by forking
+    (so it is never pickled or reloaded)."""
+    if n_records < PARALLEL_RENDER_MIN_RECORDS:
+        return 1
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
+
+
+def render_conversations(
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[Conversation],
+    *,
+    workers: int | None = None,
+) -> list[Rendered | Problem]:
+    """Render every conversation with its trained spans, or the `Problem` that stopped it.
+
+    ``workers`` defaults to `render_workers`; with more than one, chunks are rendered in
+    forked processes that inherit the tokenizer.
+    """
+    chunks = [records[i : i + RENDER_CHUNK] for i in range(0, len(records), RENDER_CHUNK)]
+    workers = render_workers(len(records)) if workers is None else workers
+    if workers <= 1 or len(chunks) <= 1:
+        return [result for chunk in chunks for result in _render_chunk(tokenizer, chunk)]
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(chunks)),
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_remember_tokenizer,
+        initargs=(tokenizer,),
+    ) as pool:
+        return [result for chunk in pool.map(_render_chunk_in_worker, chunks) for result in chunk]
+
+
 def _labels_from_spans(
-    input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
-) -> list[int]:
+    input_ids: list[int], offsets: Sequence[Span], spans: Sequence[Span]
+) -> tuple[list[int], int]:
+    """Labels that copy the ids of tokens starting inside a trained span, and their count.
+
+    Token start offsets never decrease, so each span is a contiguous run of tokens
+    found by binary search; the work is O(spans · log tokens) plus one list copy.
+    """
     labels = [IGNORE_INDEX] * len(input_ids)
-    span_index = 0
-    for position, (start, end) in enumerate(offsets):
-        if end <= start:  # special or empty token: belongs to the span it sits in
-            end = start + 1
-        while span_index < len(spans) and start >= spans[span_index][1]:
-            span_index += 1
-        if span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]:
-            labels[position] = input_ids[position]
-    return labels
+    trained = 0
+    start_of = itemgetter(0)
+    for start, end in spans:
+        first = bisect.bisect_left(offsets, start, key=start_of)
+        stop = bisect.bisect_left(offsets, end, lo=first, key=start_of)
+        labels[first:stop] = input_ids[first:stop]
+        trained += stop - first
+    return labels, trained
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tuple[list, list]:
+    encodings = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return encodings["input_ids"], encodings["offset_mapping"]
+
+
+def _overlength_problem(source: Source, length: int, max_length: int) -> Problem:
+    return Problem(
+        "over_length",
+        source.file,
+        source.line,
+        None,
+        f"{length} tokens, more than data.max_length={max_length}.",
+        "Raise data.max_length, shorten the example, or set data.on_overlength to drop or "
+        "truncate_prompt.",
+    )
 
 
 def tokenize_conversations(
@@ -108,67 +293,87 @@ def tokenize_conversations(
     *,
     max_length: int,
     on_overlength: str = "drop",
+    workers: int | None = None,
 ) -> TokenizeOutcome:
     """Tokenize with loss masks, applying the over-length policy. Nothing is dropped silently:
-    each dropped record comes back with its reason."""
-    rendered: list[tuple[Conversation, str, list[tuple[int, int]]]] = []
-    for conversation in conversations:
-        text, spans = render_with_spans(tokenizer, conversation.messages, conversation.source)
-        rendered.append((conversation, text, spans))
-    encodings = tokenizer(
-        [text for _, text, _ in rendered],
-        add_special_tokens=False,
-        return_offsets_mapping=True,
+    each dropped record comes back with its reason.
+
+    Raises `TokenizeError` listing every record the template cannot render and, with
+    ``on_overlength="error"``, every record over ``max_length``.
+    """
+    if on_overlength not in OVERLENGTH_POLICIES:
+        raise ValueError(
+            f"on_overlength must be one of {OVERLENGTH_POLICIES}, got {on_overlength!r}"
+        )
+    rendered = render_conversations(tokenizer, conversations, workers=workers)
+    problems = [result for result in rendered if isinstance(result, Problem)]
+    good = [
+        (record, result)
+        for record, result in zip(conversations, rendered, strict=True)
+        if not isinstance(result, Problem)
+    ]
+    ids_list, offsets_list = (
+        _encode(tokenizer, [text for _, (text, _) in good]) if good else ([], [])
     )
     outcome = TokenizeOutcome(examples=[], dropped=[])
-    for (conversation, _text, spans), ids, offsets in zip(
-        rendered, encodings["input_ids"], encodings["offset_mapping"], strict=True
-    ):
-        labels = _labels_from_spans(ids, offsets, spans)
-        example = TokenizedExample(ids, labels, conversation.source)
-        if len(example) > max_length:
-            example = _apply_overlength(tokenizer, conversation, example, max_length, on_overlength)
-            if example is None:
-                outcome.dropped.append(("over_length", conversation.source))
+    for (record, (_text, spans)), ids, offsets in zip(good, ids_list, offsets_list, strict=True):
+        if len(ids) > max_length:
+            if on_overlength == "error":
+                problems.append(_overlength_problem(record.source, len(ids), max_length))
                 continue
-        if example.trained_tokens == 0:
-            outcome.dropped.append(("no_trainable_tokens", conversation.source))
+            shorter = (
+                _truncate_prompt(tokenizer, record, max_length)
+                if on_overlength == "truncate_prompt"
+                else None
+            )
+            if shorter is None:
+                outcome.dropped.append(("over_length", record.source))
+                continue
+            example, trained = shorter
+        else:
+            labels, trained = _labels_from_spans(ids, offsets, spans)
+            example = TokenizedExample(ids, labels, record.source)
+        if trained == 0:
+            outcome.dropped.append(("no_trainable_tokens", record.source))
             continue
         outcome.examples.append(example)
+    if problems:
+        raise TokenizeError(problems)
     return outcome
 
 
-def _apply_overlength(
-    tokenizer: PreTrainedTokenizerBase,
-    conversation: Conversation,
-    example: TokenizedExample,
-    max_length: int,
-    policy: str,
-) -> TokenizedExample | None:
-    if policy == "error":
-        raise TokenizeError(
-            conversation.source,
-            "over_length",
-            f"{len(example)} tokens, more than data.max_length={max_length}. Raise max_length, "
-            "shorten the example, or set data.on_overlength to drop or truncate_prompt.",
-        )
-    if policy == "drop":
-        return None
-    # truncate_prompt: drop the oldest non-system turns, keeping the final exchange intact.
-    messages = list(conversation.messages)
-    system = [m for m in messages[:1] if m.role == "system"]
+def _truncate_prompt(
+    tokenizer: PreTrainedTokenizerBase, record: Conversation, max_length: int
+) -> tuple[TokenizedExample, int] | None:
+    """Keep the system turn and the longest tail of the conversation, starting at a user turn,
+    that fits; the final exchange is never cut. None if even the final exchange is too long.
+
+    Shorter tails render shorter, so the longest fitting tail is found by binary search
+    (O(log turns) renders, not one per dropped turn).
+    """
+    messages = record.messages
+    system = messages[:1] if messages and messages[0].role == "system" else ()
     rest = messages[len(system) :]
-    while len(rest) > 2:
-        rest = rest[1:]
-        while rest and rest[0].role != "user":
-            rest = rest[1:]
-        shorter = Conversation(tuple(system + rest), conversation.source, conversation.label)
-        text, spans = render_with_spans(tokenizer, shorter.messages, shorter.source)
-        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if len(encoding["input_ids"]) <= max_length:
-            labels = _labels_from_spans(encoding["input_ids"], encoding["offset_mapping"], spans)
-            return TokenizedExample(encoding["input_ids"], labels, conversation.source)
-    return None
+    starts = [i for i in range(1, len(rest)) if rest[i].role == "user" and i < len(rest) - 1]
+    best: tuple[TokenizedExample, int] | None = None
+    low, high = 0, len(starts) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        shorter = Conversation(system + rest[starts[middle] :], record.source, record.label)
+        result = _render_one(tokenizer, shorter)
+        fits = False
+        if not isinstance(result, Problem):
+            text, spans = result
+            (ids,), (offsets,) = _encode(tokenizer, [text])
+            if len(ids) <= max_length:
+                labels, trained = _labels_from_spans(ids, offsets, spans)
+                best = (TokenizedExample(ids, labels, record.source), trained)
+                fits = True
+        if fits:
+            high = middle - 1
+        else:
+            low = middle + 1
+    return best
 
 
 def tokenize_texts(
@@ -176,15 +381,38 @@ def tokenize_texts(
 ) -> list[TokenizedExample]:
     """Continued pretraining: every token is trained; documents are cut into max_length blocks
     (nothing is dropped: a long document becomes several examples)."""
+    records = list(texts)
+    if not records:
+        return []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    encoded = tokenizer([r.text for r in records], add_special_tokens=False)["input_ids"]
     examples = []
-    for record in texts:
-        ids = tokenizer(record.text, add_special_tokens=False)["input_ids"] + eos
+    for record, ids in zip(records, encoded, strict=True):
+        ids = ids + eos
         for start in range(0, len(ids), max_length):
             block = ids[start : start + max_length]
             if len(block) > 1:
                 examples.append(TokenizedExample(block, list(block), record.source))
     return examples
+
+
+def trained_pieces(
+    tokenizer: PreTrainedTokenizerBase, example: TokenizedExample
+) -> list[tuple[str, bool]]:
+    """The example decoded as runs of text, each marked True if its tokens carry loss."""
+    pieces: list[tuple[str, bool]] = []
+    run: list[int] = []
+    run_trained = False
+    for token, label in zip(example.input_ids, example.labels, strict=True):
+        trained = label != IGNORE_INDEX
+        if run and trained != run_trained:
+            pieces.append((tokenizer.decode(run), run_trained))
+            run = []
+        run.append(token)
+        run_trained = trained
+    if run:
+        pieces.append((tokenizer.decode(run), run_trained))
+    return pieces
 
 
 def describe_trained_tokens(
@@ -193,16 +421,4 @@ def describe_trained_tokens(
     mark: Callable[[str, bool], str],
 ) -> str:
     """Decode an example piece by piece, letting `mark` highlight the pieces that carry loss."""
-    pieces: list[str] = []
-    run: list[int] = []
-    run_trained = False
-    for token, label in zip(example.input_ids, example.labels, strict=True):
-        trained = label != IGNORE_INDEX
-        if run and trained != run_trained:
-            pieces.append(mark(tokenizer.decode(run), run_trained))
-            run = []
-        run.append(token)
-        run_trained = trained
-    if run:
-        pieces.append(mark(tokenizer.decode(run), run_trained))
-    return "".join(pieces)
+    return "".join(mark(text, trained) for text, trained in trained_pieces(tokenizer, example))
