@@ -37,19 +37,31 @@ def test_every_objective_has_a_preset() -> None:
     assert set(OBJECTIVES) <= preset_values("objective")
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_preset_is_valid_and_trains_two_steps(preset: Path, tiny_model_dir: Path, tmp_path) -> None:
-    config = load_config(preset)
-    assert config.data.train and all(path.is_file() for path in config.data.train)
+def run_preset(preset: Path, model_dir: Path, out: Path, *extra: str) -> None:
     result = runner.invoke(
         app,
         [
             "train", str(preset), "--no-eval",
-            "--set", f"model.name={tiny_model_dir}",
+            "--set", f"model.name={model_dir}",
             "--set", "train.max_steps=2",
-            "--set", "data.max_length=512",
-            "--set", f"output.dir={tmp_path}",
+            "--set", "data.max_length=4096",
+            "--set", f"output.dir={out}",
+            *extra,
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert (tmp_path / preset.stem / "final").is_dir()
+    assert (out / preset.stem / "final").is_dir()
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_preset_is_valid_and_trains_two_steps(preset: Path, tiny_model_dir: Path, tmp_path) -> None:
+    config = load_config(preset)
+    assert config.data.train and all(path.is_file() for path in config.data.train)
+    extra: list[str] = []
+    if config.objective.teacher:
+        extra = ["--set", f"objective.teacher={tiny_model_dir}"]
+    if config.objective.reward_model:
+        reward = REPO / "examples" / "preference-reward.yaml"
+        run_preset(reward, tiny_model_dir, tmp_path)
+        extra = ["--set", f"objective.reward_model={tmp_path / reward.stem}"]
+    run_preset(preset, tiny_model_dir, tmp_path, *extra)

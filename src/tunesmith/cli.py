@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.config import ConfigError, load_config
 
@@ -64,7 +65,9 @@ def friendly_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except _user_errors() as error:
-            err_console.print(f"[bold red]error:[/bold red] {error}", markup=True, highlight=False)
+            err_console.print(
+                f"[bold red]error:[/bold red] {escape(str(error))}", markup=True, highlight=False
+            )
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]

@@ -103,10 +103,27 @@ class MethodConfig(_Section):
 
 class ObjectiveConfig(_Section):
     name: ObjectiveName = Field("sft", description="What the loss rewards.")
-    beta: float = Field(0.1, gt=0, description="DPO/IPO/ORPO strength.")
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="dpo/ipo/orpo: preference strength (higher stays closer to the reference); "
+        "rlhf: weight of the KL penalty to the reference.",
+    )
     teacher: str | None = Field(None, description="distill: teacher model name or dir.")
     temperature: float = Field(2.0, gt=0, description="distill: softmax temperature.")
     alpha: float = Field(0.5, ge=0, le=1, description="distill: weight of the KD term vs SFT.")
+    reward_model: Path | None = Field(
+        None, description="rlhf: run directory of a finished `objective: reward` run."
+    )
+    group_size: int = Field(
+        4, ge=2, description="rlhf: completions sampled per prompt (advantages are group-relative)."
+    )
+    max_new_tokens: int = Field(
+        32, ge=1, description="rlhf: longest sampled completion, in tokens."
+    )
+    clip_range: float = Field(
+        0.2, gt=0, lt=1, description="rlhf: policy-ratio clipping epsilon (PPO/GRPO)."
+    )
 
 
 class TrainConfig(_Section):
@@ -202,13 +219,13 @@ def load_config(
 ) -> RunConfig:
     """Build a RunConfig from defaults, an optional YAML file, then ``a.b=value`` overrides.
 
-    Relative data paths in a YAML file are taken relative to the file, so a preset runs
-    from any working directory.
+    Relative data, reward-model and teacher paths in a YAML file are taken relative to the
+    file, so a preset runs from any working directory.
     """
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(path)
-        _resolve_data_paths(raw, path.parent)
+        _resolve_paths(raw, path.parent)
     for item in overrides or []:
         _apply_override(raw, item)
     try:
@@ -236,16 +253,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _resolve_data_paths(raw: dict[str, Any], base: Path) -> None:
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     data = raw.get("data")
-    if not isinstance(data, dict):
-        return
-    for key in ("train", "validation", "test"):
-        value = data.get(key)
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, list):
-            data[key] = [str(p if Path(p).is_absolute() else base / p) for p in value]
+    if isinstance(data, dict):
+        for key in ("train", "validation", "test"):
+            value = data.get(key)
+            if isinstance(value, str):
+                value = [value]
+            if isinstance(value, list):
+                data[key] = [str(p if Path(p).is_absolute() else base / p) for p in value]
+    objective = raw.get("objective")
+    if isinstance(objective, dict):
+        reward = objective.get("reward_model")
+        if isinstance(reward, str) and not Path(reward).is_absolute():
+            objective["reward_model"] = str(base / reward)
+        teacher = objective.get("teacher")
+        if isinstance(teacher, str) and (base / teacher).is_dir():
+            objective["teacher"] = str(base / teacher)
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 
 from tunesmith.config import RunConfig
+from tunesmith.data.cache import tokenize_with_cache
 from tunesmith.data.load import prepare_records
 from tunesmith.engine import checkpoint as ckpt
 from tunesmith.engine.loop import (
@@ -34,7 +35,11 @@ from tunesmith.engine.signals import StopRequest
 from tunesmith.engine.trackers import Trackers
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models import load_base_model, pick_device, pick_dtype
-from tunesmith.objectives import get_objective
+from tunesmith.objectives import (
+    attach_objective_parameters,
+    build_objective,
+    save_objective_parameters,
+)
 from tunesmith.runs import RunPaths
 
 PROMPT_LEARNING_METHODS = ("prefix", "prompt")
@@ -63,7 +68,8 @@ class TrainSummary:
 
 
 def _tokenize(objective, records, tokenizer, config: RunConfig, report) -> list:
-    examples, dropped = objective.tokenize(
+    examples, dropped, _hit, _file = tokenize_with_cache(
+        objective,
         tokenizer,
         records,
         max_length=config.data.max_length,
@@ -122,12 +128,21 @@ def train(
     device = pick_device(config.train.device)
     dtype = pick_dtype(config.train.precision, device)
     method = get_method(config.method.name)
-    objective = get_objective(config.objective.name)
+    model_dtype = torch.float32 if device.type == "cpu" else dtype
+    objective = build_objective(
+        config.objective,
+        model_loader=lambda name: (
+            load_base_model(
+                name, device=device, dtype=model_dtype, cache_dir=config.model.cache_dir
+            ).model
+        ),
+        base_model=config.model.name,
+    )
     torch.manual_seed(config.train.seed)
     loaded = load_base_model(
         config.model.name,
         device=device,
-        dtype=torch.float32 if device.type == "cpu" else dtype,
+        dtype=model_dtype,
         cache_dir=config.model.cache_dir,
         trust_remote_code=config.model.trust_remote_code,
         **method.base_load_options(config.method),
@@ -147,6 +162,7 @@ def train(
         )
 
     model = method.attach(loaded.model, config.method)
+    attach_objective_parameters(objective, model)
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
@@ -287,6 +303,7 @@ def train(
         val_after = evaluate_loss(model, objective, val_examples, **eval_kwargs)
     if rank == 0 and not result.stopped_by_signal:
         method.save(model, paths.final)
+        save_objective_parameters(objective, model, paths.final)
         tokenizer.save_pretrained(paths.final)
     summary = TrainSummary(
         run_dir=paths.root,

@@ -92,3 +92,80 @@ def _nll_sum_through_wrapper(model: nn.Module, batch: Batch) -> tuple[torch.Tens
     keep = targets != IGNORE_INDEX
     nll = F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
     return nll, int(keep.sum())
+
+
+def _chunk_token_logprobs(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    logits = head(hidden).float()
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def trained_token_logprobs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) at every trained position (row-major order) and the batch row of each.
+
+    Chunked and recomputed in the backward pass like `causal_lm_nll_sum`, so objectives that
+    need per-sequence or per-token log-probs (DPO, ORPO, GRPO) never hold full-vocabulary
+    logits for the whole batch.
+    """
+    keep = batch.labels[:, 1:] != IGNORE_INDEX
+    rows = keep.nonzero(as_tuple=True)[0]
+    selected = selected_hidden_and_targets(model, batch)
+    if selected is None:
+        return _token_logprobs_through_wrapper(model, batch, keep), rows
+    hidden, targets, head = selected
+    pieces = []
+    for start in range(0, hidden.shape[0], LOGIT_CHUNK_ROWS):
+        chunk = slice(start, start + LOGIT_CHUNK_ROWS)
+        if torch.is_grad_enabled():
+            pieces.append(
+                checkpoint(
+                    _chunk_token_logprobs, head, hidden[chunk], targets[chunk], use_reentrant=False
+                )
+            )
+        else:
+            pieces.append(_chunk_token_logprobs(head, hidden[chunk], targets[chunk]))
+    if not pieces:
+        return hidden.new_zeros((0,), dtype=torch.float32), rows
+    return torch.cat(pieces), rows
+
+
+def _token_logprobs_through_wrapper(
+    model: nn.Module, batch: Batch, keep: torch.Tensor
+) -> torch.Tensor:
+    attention_mask = batch.attention_mask
+    if attention_mask is None:
+        attention_mask = torch.ones_like(batch.input_ids)
+    logits = model(input_ids=batch.input_ids, attention_mask=attention_mask).logits
+    logits = logits[:, -batch.input_ids.shape[1] :]  # drop virtual-token positions
+    targets = batch.labels[:, 1:]
+    return -F.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="none")
+
+
+def sequence_logprob_sums(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Summed log-probability of each row's trained tokens: one value per batch row."""
+    logprobs, rows = trained_token_logprobs(model, batch)
+    return logprobs.new_zeros(batch.input_ids.shape[0]).index_add(0, rows, logprobs)
+
+
+def trained_tokens_per_row(batch: Batch) -> torch.Tensor:
+    """How many tokens of each row carry loss (labels are shifted by one)."""
+    return (batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+
+def last_token_hidden_states(model: nn.Module, batch: Batch) -> torch.Tensor | None:
+    """The final hidden state at each row's last real token (rows right-padded, with a mask).
+
+    None for prompt-learning methods, whose virtual tokens only exist in the peft wrapper.
+    """
+    if _uses_virtual_tokens(model) or batch.attention_mask is None:
+        return None
+    trunk, _head = _trunk_and_head(model)
+    hidden = trunk(
+        input_ids=batch.input_ids,
+        position_ids=batch.position_ids,
+        attention_mask=batch.attention_mask,
+        use_cache=False,
+    ).last_hidden_state
+    last = batch.attention_mask.sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

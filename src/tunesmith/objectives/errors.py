@@ -1,0 +1,7 @@
+"""The error every objective raises when it cannot run as configured."""
+
+from __future__ import annotations
+
+
+class ObjectiveError(Exception):
+    """An objective that is unknown or cannot run with the given data/method; says the fix."""
