@@ -34,7 +34,9 @@ def examples(tokenizer):
     return tokenize_conversations(tokenizer, records, max_length=128).examples
 
 
-def gradients_after(model, micro_batches, pad) -> tuple[float, dict[str, torch.Tensor]]:
+def gradients_after(
+    model, micro_batches, pad, max_tokens: int = 1 << 30
+) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     window = sum(get_objective("sft").units(e) for group in micro_batches for e in group)
     loss, _, _ = backward_window(
@@ -46,6 +48,7 @@ def gradients_after(model, micro_batches, pad) -> tuple[float, dict[str, torch.T
         pack=True,
         row_length=128,
         device=torch.device("cpu"),
+        max_tokens_per_forward=max_tokens,
     )
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return float(loss) / window, grads
@@ -63,6 +66,16 @@ def test_batch_8_x_accumulation_1_equals_2_x_4(tiny_tokenizer, tiny_model) -> No
     assert grads_one.keys() == grads_four.keys()
     for name in grads_one:
         torch.testing.assert_close(grads_one[name], grads_four[name], atol=1e-5, rtol=1e-4)
+
+
+def test_splitting_a_micro_batch_into_pieces_changes_nothing(tiny_tokenizer, tiny_model) -> None:
+    data = examples(tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    loss_whole, grads_whole = gradients_after(tiny_model, [data], pad)
+    loss_split, grads_split = gradients_after(tiny_model, [data], pad, max_tokens=40)
+    assert loss_whole == pytest.approx(loss_split, abs=1e-5)
+    for name in grads_whole:
+        torch.testing.assert_close(grads_whole[name], grads_split[name], atol=1e-5, rtol=1e-4)
 
 
 def train_tiny(tokenizer, model, tmp_path: Path, learning_rate: float = 1e-2, **settings):

@@ -134,3 +134,15 @@ def test_epoch_order_is_deterministic_and_covers_every_example() -> None:
     assert first == epoch_order(lengths, batch_size=3, seed=1, epoch=0)
     assert first != epoch_order(lengths, batch_size=3, seed=1, epoch=1)
     assert sorted(i for batch in first for i in batch) == list(range(len(lengths)))
+
+
+def test_split_pieces_cover_every_row_within_the_budget(tiny_tokenizer, conversations) -> None:
+    examples = tokenize_conversations(tiny_tokenizer, conversations, max_length=256).examples
+    batch = collate(examples, pad_token_id=tiny_tokenizer.pad_token_id, pack=False, row_length=0)
+    pieces = batch.split(max_tokens=40)
+    assert len(pieces) > 1
+    assert sum(piece.input_ids.shape[0] for piece in pieces) == batch.input_ids.shape[0]
+    assert sum(piece.real_tokens for piece in pieces) == batch.real_tokens
+    assert sum(piece.trained_tokens for piece in pieces) == batch.trained_tokens
+    for piece in pieces:
+        assert piece.input_ids.shape[0] == 1 or piece.input_ids.numel() <= 40

@@ -166,6 +166,12 @@ class TrainConfig(_Section):
         True, description="Pack several examples per row, no attention across them."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    max_tokens_per_forward: int = Field(
+        512,
+        ge=64,
+        description="Rows of a micro-batch go through the model in pieces of at most this many "
+        "tokens: same gradients, activation memory bounded by this instead of the batch.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when present, else CPU."
     )

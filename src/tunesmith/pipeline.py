@@ -181,6 +181,7 @@ def train(
 
     autocast = dtype if device.type == "cuda" and dtype != torch.float32 else None
     eval_kwargs = dict(
+        max_tokens_per_forward=config.train.max_tokens_per_forward,
         batch_size=config.train.batch_size,
         pad_token_id=tokenizer.pad_token_id,
         pack=pack,

@@ -28,6 +28,7 @@ class Batch:
     attention_mask: torch.Tensor | None
     sources: list[Source]
     real_tokens: int
+    row_fill: list[int] | None = None
 
     @property
     def trained_tokens(self) -> int:
@@ -46,7 +47,40 @@ class Batch:
             None if self.attention_mask is None else self.attention_mask.to(device),
             self.sources,
             self.real_tokens,
+            self.row_fill,
         )
+
+    def split(self, max_tokens: int) -> list[Batch]:
+        """Consecutive rows in pieces of at most `max_tokens` tensor slots (at least one row),
+        each trimmed to its own longest row.
+
+        Running the pieces one after another gives the same summed loss and gradients with
+        activation memory bounded by `max_tokens` instead of the whole micro-batch.
+        """
+        fill = self.row_fill or [self.input_ids.shape[1]] * self.input_ids.shape[0]
+        pieces: list[Batch] = []
+        start = 0
+        while start < len(fill):
+            stop = start + 1
+            while (
+                stop < len(fill) and (stop + 1 - start) * max(fill[start : stop + 1]) <= max_tokens
+            ):
+                stop += 1
+            width = max(fill[start:stop])
+            rows = slice(start, stop)
+            pieces.append(
+                Batch(
+                    self.input_ids[rows, :width],
+                    self.labels[rows, :width],
+                    self.position_ids[rows, :width],
+                    None if self.attention_mask is None else self.attention_mask[rows, :width],
+                    self.sources if start == 0 else [],
+                    sum(fill[start:stop]),
+                    fill[start:stop],
+                )
+            )
+            start = stop
+        return pieces
 
 
 def epoch_order(
@@ -105,6 +139,7 @@ def collate(
     """Build one micro-batch. Each example's first label is masked: nothing in the row before
     it may predict it, exactly as when it stands alone."""
     groups = _pack_rows(examples, row_length) if pack else [[i] for i in range(len(examples))]
+    groups.sort(key=lambda group: sum(len(examples[i]) for i in group), reverse=True)
     width = max(sum(len(examples[i]) for i in group) for group in groups)
     input_ids = torch.full((len(groups), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(groups), width), IGNORE_INDEX, dtype=torch.long)
@@ -132,4 +167,5 @@ def collate(
         attention_mask=attention_mask,
         sources=[e.source for e in examples],
         real_tokens=sum(len(e) for e in examples),
+        row_fill=[sum(len(examples[i]) for i in group) for group in groups],
     )

@@ -115,6 +115,7 @@ def evaluate_loss(
     pack: bool,
     row_length: int,
     device: torch.device,
+    max_tokens_per_forward: int = 1 << 30,
 ) -> float:
     """Mean loss per trained token over a whole set (no sampling, deterministic)."""
     if not examples:
@@ -128,10 +129,13 @@ def evaluate_loss(
             chunk = [examples[i] for i in ordered[start : start + batch_size]]
             batch = objective.collate(
                 chunk, pad_token_id=pad_token_id, pack=pack, row_length=row_length
-            )
-            loss_sum, units = objective.loss_sum(model, batch.to(device))
-            total += float(loss_sum)
-            count += units
+            ).to(device)
+            for piece in (
+                batch.split(max_tokens_per_forward) if hasattr(batch, "split") else [batch]
+            ):
+                loss_sum, units = objective.loss_sum(model, piece)
+                total += float(loss_sum)
+                count += units
     model.train(was_training)
     return total / max(1, count)
 
@@ -147,6 +151,7 @@ def backward_window(
     row_length: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    max_tokens_per_forward: int = 1 << 30,
 ) -> tuple[torch.Tensor, int, list[str]]:
     """Accumulate the gradients of one optimizer step: every micro-batch's summed loss is
     divided by the trained tokens of the whole window (all processes), never per micro-batch.
@@ -161,10 +166,12 @@ def backward_window(
             group, pad_token_id=pad_token_id, pack=pack, row_length=row_length
         ).to(device)
         sources.extend(str(source) for source in batch.sources)
-        with _autocast(device, autocast_dtype):
-            loss_sum, _units = objective.loss_sum(model, batch)
-        (loss_sum / max(1, window_tokens)).backward()
-        step_loss += loss_sum.detach().double()
+        pieces = batch.split(max_tokens_per_forward) if hasattr(batch, "split") else [batch]
+        for piece in pieces:
+            with _autocast(device, autocast_dtype):
+                loss_sum, _units = objective.loss_sum(model, piece)
+            (loss_sum / max(1, window_tokens)).backward()
+            step_loss += loss_sum.detach().double()
         real_tokens += batch.real_tokens
     return step_loss, real_tokens, sources
 
@@ -267,6 +274,7 @@ def run_loop(
                 row_length=row_length,
                 device=device,
                 autocast_dtype=autocast_dtype,
+                max_tokens_per_forward=settings.max_tokens_per_forward,
             )
             if all_reduce is not None:
                 # Each process holds its share of one global token mean: summing is exact.
@@ -342,6 +350,7 @@ def run_loop(
                     model,
                     objective,
                     val_examples,
+                    max_tokens_per_forward=settings.max_tokens_per_forward,
                     batch_size=settings.batch_size,
                     pad_token_id=pad_token_id,
                     pack=pack,

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from tunesmith.data.batching import Batch
 from tunesmith.data.tokenize import IGNORE_INDEX
 
-LOGIT_CHUNK_ROWS = 1024
+LOGIT_CHUNK_ROWS = 512
 
 
 def _uses_virtual_tokens(model: nn.Module) -> bool:
