@@ -43,12 +43,6 @@ def child(method: str, steps: int, out: Path) -> None:
     from tunesmith.models import load_base_model
     from tunesmith.pipeline import train
 
-    settings = load_config(PRESET, [f"method.name={method}"]).method
-    chosen = get_method(method)
-    loaded = load_base_model("smollm2-135m-instruct", **chosen.base_load_options(settings))
-    weights = base_weight_bytes(chosen.attach(loaded.model, settings))
-    del loaded
-
     with tempfile.TemporaryDirectory() as scratch:
         config = load_config(
             PRESET,
@@ -62,7 +56,11 @@ def child(method: str, steps: int, out: Path) -> None:
             ],
         )
         summary = train(config, show_progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # training only, so far
+
+    chosen = get_method(method)
+    loaded = load_base_model("smollm2-135m-instruct", **chosen.base_load_options(config.method))
+    weights = base_weight_bytes(chosen.attach(loaded.model, config.method))
     out.write_text(
         json.dumps(
             {
