@@ -138,8 +138,11 @@ def collate(
 ) -> Batch:
     """Build one micro-batch. Each example's first label is masked: nothing in the row before
     it may predict it, exactly as when it stands alone."""
-    groups = _pack_rows(examples, row_length) if pack else [[i] for i in range(len(examples))]
-    groups.sort(key=lambda group: sum(len(examples[i]) for i in group), reverse=True)
+    if pack:  # longest rows first, so `split` pieces group rows of similar width
+        groups = _pack_rows(examples, row_length)
+        groups.sort(key=lambda group: sum(len(examples[i]) for i in group), reverse=True)
+    else:  # one example per row, in order: callers may rely on row i being example i
+        groups = [[i] for i in range(len(examples))]
     width = max(sum(len(examples[i]) for i in group) for group in groups)
     input_ids = torch.full((len(groups), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(groups), width), IGNORE_INDEX, dtype=torch.long)

@@ -133,17 +133,11 @@ def orpo_losses(
     return -chosen_mean - beta * F.logsigmoid(log_odds)
 
 
-class PreferenceOptimization:
-    """DPO, IPO or ORPO (``name``) with strength ``beta``; see the module docstring."""
+class PreferencePairData:
+    """How every pairwise objective (dpo, ipo, orpo, reward) reads and batches its data:
+    one unit per pair, chosen and rejected side by side in one padded batch."""
 
-    def __init__(
-        self, name: str, *, beta: float = 0.1, reference: ReferenceModel | None = None
-    ) -> None:
-        if name not in PREFERENCE_LOSSES:
-            raise ValueError(f"name must be one of {PREFERENCE_LOSSES}, got {name!r}")
-        self.name = name
-        self.beta = beta
-        self.reference = reference or ReferenceModel()
+    name: str
 
     def tokenize(
         self,
@@ -173,6 +167,19 @@ class PreferenceOptimization:
         row_length: int,
     ) -> PairBatch:
         return collate_pairs(examples, pad_token_id=pad_token_id)
+
+
+class PreferenceOptimization(PreferencePairData):
+    """DPO, IPO or ORPO (``name``) with strength ``beta``; see the module docstring."""
+
+    def __init__(
+        self, name: str, *, beta: float = 0.1, reference: ReferenceModel | None = None
+    ) -> None:
+        if name not in PREFERENCE_LOSSES:
+            raise ValueError(f"name must be one of {PREFERENCE_LOSSES}, got {name!r}")
+        self.name = name
+        self.beta = beta
+        self.reference = reference or ReferenceModel()
 
     def loss_sum(self, model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, int]:
         pairs = batch.pairs

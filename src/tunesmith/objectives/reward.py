@@ -11,23 +11,20 @@ artifact; `load_reward_model` puts a finished run back together for `rlhf`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from tunesmith.config import ConfigError, load_config
 from tunesmith.data.batching import Batch
-from tunesmith.data.preference import PreferenceExample
-from tunesmith.data.records import Record, Source
 from tunesmith.methods import get_method
 from tunesmith.objectives.errors import ObjectiveError
 from tunesmith.objectives.losses import last_token_hidden_states
-from tunesmith.objectives.preference import PairBatch, collate_pairs, tokenize_preference_records
+from tunesmith.objectives.preference import PairBatch, PreferencePairData
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
 HEAD_ATTRIBUTE = "reward_head"
@@ -58,37 +55,8 @@ def sequence_rewards(model: nn.Module, head: nn.Linear, batch: Batch) -> torch.T
     return head(hidden.to(head.weight.dtype)).squeeze(-1).float()
 
 
-class RewardModelling:
+class RewardModelling(PreferencePairData):
     name = "reward"
-
-    def tokenize(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        records: Sequence[Record],
-        *,
-        max_length: int,
-        on_overlength: str,
-    ) -> tuple[list[PreferenceExample], list[tuple[str, Source]]]:
-        return tokenize_preference_records(
-            tokenizer,
-            records,
-            objective=self.name,
-            max_length=max_length,
-            on_overlength=on_overlength,
-        )
-
-    def units(self, example: PreferenceExample) -> int:
-        return 1
-
-    def collate(
-        self,
-        examples: Sequence[PreferenceExample],
-        *,
-        pad_token_id: int,
-        pack: bool,
-        row_length: int,
-    ) -> PairBatch:
-        return collate_pairs(examples, pad_token_id=pad_token_id)
 
     def attach_parameters(self, model: nn.Module) -> None:
         """Give the model a trainable scalar head (small random weights, zero bias)."""
