@@ -1,9 +1,11 @@
-"""LoRA vs QLoRA on SmolLM2: bytes held by the frozen base weights, and peak RSS of training.
+"""Memory and speed of each method on SmolLM2: frozen base-weight bytes, trainable share,
+seconds per step and peak RSS of training.
 
-Each method trains a few steps in its own process on the example support data, so
-each peak RSS is its own.
+Each method trains a few steps in its own process on the example support data (batch 4),
+so each peak RSS is its own. The headline is QLoRA's base weights against LoRA's.
 
-    python benchmarks/memory.py            # 3 steps each
+    python benchmarks/memory.py                    # lora and qlora, 3 steps each
+    python benchmarks/memory.py --methods all      # every registered method
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def child(method: str, steps: int, out: Path) -> None:
         )
         summary = train(config, show_progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # training only, so far
+    trainable_share = summary.trainable / summary.total
 
     chosen = get_method(method)
     loaded = load_base_model("smollm2-135m-instruct", **chosen.base_load_options(config.method))
@@ -67,6 +70,7 @@ def child(method: str, steps: int, out: Path) -> None:
                 "base_weight_mb": weights / 2**20,
                 "peak_rss_mb": peak,
                 "seconds_per_step": summary.seconds / steps,
+                "trainable_percent": 100 * trainable_share,
             }
         )
     )
@@ -75,6 +79,7 @@ def child(method: str, steps: int, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--methods", default="lora,qlora", help="comma list, or 'all'")
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -82,8 +87,14 @@ def main() -> None:
         child(options.method, options.steps, options.out)
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if options.methods == "all":
+        from tunesmith.methods import METHODS
+
+        methods = list(METHODS)
+    else:
+        methods = options.methods.split(",")
     results = {}
-    for method in ("lora", "qlora"):
+    for method in methods:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
             out = Path(handle.name)
         subprocess.run(
@@ -93,16 +104,16 @@ def main() -> None:
         )  # fmt: skip
         results[method] = json.loads(out.read_text())
         out.unlink()
-    lora, qlora = results["lora"], results["qlora"]
     print(f"SmolLM2-135M, {options.steps} training steps, batch 4, support data")
-    print(f"{'':22} {'lora':>10} {'qlora':>10} {'qlora/lora':>11}")
-    for label, key, fmt in (
-        ("base weights (MB)", "base_weight_mb", "{:.0f}"),
-        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
-        ("seconds per step", "seconds_per_step", "{:.1f}"),
-    ):
-        ratio = qlora[key] / lora[key]
-        print(f"{label:22} {fmt.format(lora[key]):>10} {fmt.format(qlora[key]):>10} {ratio:>11.2f}")
+    print(f"{'method':10} {'trainable %':>12} {'s/step':>8} {'peak RSS MB':>12} {'base MB':>9}")
+    for method, row in results.items():
+        print(
+            f"{method:10} {row['trainable_percent']:>12.3f} {row['seconds_per_step']:>8.1f} "
+            f"{row['peak_rss_mb']:>12.0f} {row['base_weight_mb']:>9.0f}"
+        )
+    if "lora" in results and "qlora" in results:
+        ratio = results["qlora"]["base_weight_mb"] / results["lora"]["base_weight_mb"]
+        print(f"qlora base weights / lora base weights: {ratio:.2f}")
 
 
 if __name__ == "__main__":

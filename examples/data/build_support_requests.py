@@ -1,4 +1,5 @@
-"""Build the demo dataset: voice-assistant requests routed into a fixed JSON format.
+"""Build the example datasets: voice-assistant requests routed into a fixed JSON format,
+and the same requests labelled with their intent (classification).
 
 Source: the Snips NLU benchmark (CC0 1.0), ../shared/data/snips_nlu. Each request
 becomes a chat whose assistant reply is exactly one JSON object
@@ -58,6 +59,22 @@ def main() -> None:
         path = OUT / f"support_requests.{split}.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
         print(f"wrote {len(chosen)} examples to {path.relative_to(ROOT)}")
+        # The same requests as a classification file (text + label): the intent only.
+        intents_path = OUT / f"snips_intents.{split}.jsonl"
+        intents_path.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "text": row["messages"][1]["content"],
+                        "label": json.loads(row["messages"][2]["content"])["intent"],
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+                for row in chosen
+            )
+        )
+        print(f"wrote {len(chosen)} examples to {intents_path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
