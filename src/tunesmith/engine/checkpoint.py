@@ -46,8 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
+import safetensors
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -224,7 +226,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         name: _read_verified(path, name, entry) for name, entry in manifest["files"].items()
     }
     try:
-        trainable_state = safetensors.torch.load(contents[TRAINABLE_FILE])
+        trainable_state = load_safetensors(contents[TRAINABLE_FILE])
         train_state = json.loads(contents[TRAIN_STATE_FILE])
     except (safetensors.SafetensorError, ValueError) as error:
         raise _invalid(path, f"a file can't be parsed ({error})") from error
@@ -453,7 +455,7 @@ def _safetensors_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
             tensor = tensor.clone()
         seen_storages.add(storage_id)
         owned[name] = tensor.contiguous()
-    return safetensors.torch.save(owned)
+    return save_safetensors(owned)
 
 
 def _torch_bytes(value: Any) -> bytes:
@@ -610,7 +612,8 @@ def _torch_load_safely(path: Path, name: str, data: bytes | None) -> Any:
     if data is None:
         return None
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        buffer = io.BytesIO(data)
+        return torch.load(buffer, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         raise _invalid(
             path,

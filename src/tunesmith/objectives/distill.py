@@ -10,22 +10,17 @@ recomputed in the backward pass, as for the plain NLL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import PreTrainedTokenizerBase
 
 from tunesmith.data.batching import Batch
-from tunesmith.data.records import Record, Source
-from tunesmith.data.tokenize import TokenizedExample
 from tunesmith.objectives.errors import ObjectiveError
 from tunesmith.objectives.losses import LOGIT_CHUNK_ROWS, selected_hidden_and_targets
 from tunesmith.objectives.sft import SFT
-
-_NEXT_TOKEN = SFT()
 
 
 def _chunk_distillation_sum(
@@ -50,7 +45,7 @@ def _chunk_distillation_sum(
     return alpha * temperature**2 * kd + (1 - alpha) * nll
 
 
-class Distillation:
+class Distillation(SFT):
     """SFT data and batching; the loss mixes the teacher's soft targets with the NLL.
 
     ``load_teacher`` is called once, on the first loss; the teacher is frozen, put in
@@ -84,33 +79,6 @@ class Distillation:
             teacher.eval()
             self._teacher = teacher.to(next(student.parameters()).device)
         return self._teacher
-
-    def tokenize(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        records: Sequence[Record],
-        *,
-        max_length: int,
-        on_overlength: str,
-    ) -> tuple[list[TokenizedExample], list[tuple[str, Source]]]:
-        return _NEXT_TOKEN.tokenize(
-            tokenizer, records, max_length=max_length, on_overlength=on_overlength
-        )
-
-    def units(self, example: TokenizedExample) -> int:
-        return _NEXT_TOKEN.units(example)
-
-    def collate(
-        self,
-        examples: Sequence[TokenizedExample],
-        *,
-        pad_token_id: int,
-        pack: bool,
-        row_length: int,
-    ) -> Batch:
-        return _NEXT_TOKEN.collate(
-            examples, pad_token_id=pad_token_id, pack=pack, row_length=row_length
-        )
 
     def loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         student = selected_hidden_and_targets(model, batch)
