@@ -69,3 +69,42 @@ def test_two_processes_equal_one_with_the_same_global_batch(run_setup) -> None:
     assert train_losses(two) == pytest.approx(train_losses(one), abs=1e-5)
     for key, value in adapter(one).items():
         torch.testing.assert_close(adapter(two)[key], value, atol=1e-5, rtol=0)
+
+
+SIGTERM_RANK_1 = """
+import os, signal, sys
+from tunesmith.engine import loop
+original_window = loop.backward_window
+calls = {"n": 0}
+
+def window(*args, **kwargs):
+    calls["n"] += 1
+    if os.environ["RANK"] == "1" and calls["n"] == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return original_window(*args, **kwargs)
+
+loop.backward_window = window
+from tunesmith.cli import app
+app(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="no torchrun")
+def test_sigterm_to_one_rank_stops_both_at_the_same_step(run_setup) -> None:
+    config, workdir = run_setup
+    driver = workdir / "driver.py"
+    driver.write_text(SIGTERM_RANK_1)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29534", str(driver),
+            "train", str(config), "--set", "output.name=stopped",
+            "--set", "train.gradient_accumulation=1",
+        ],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0  # the launcher reports the ranks' exit code 143
+    run = workdir / "runs" / "stopped"
+    assert max(samples(run, 0)) == max(samples(run, 1)) == 3
+    assert (run / "checkpoints" / "step-3" / "COMPLETE.json").is_file()
+    assert not (run / "final").exists()

@@ -98,6 +98,15 @@ def _distributed() -> tuple[int, int]:
     return world_size, torch.distributed.get_rank()
 
 
+def _any_rank(flag: bool, world_size: int) -> bool:
+    """A stop asked of any process stops every process at the same step (rank 0 saves)."""
+    if world_size <= 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(value)
+    return bool(value.item() > 0)
+
+
 def train(
     config: RunConfig,
     *,
@@ -292,7 +301,7 @@ def train(
             all_reduce=all_reduce if world_size > 1 else None,
             resume=restore,
             save=save,
-            stop_requested=lambda: stop.requested,
+            stop_requested=lambda: _any_rank(stop.requested, world_size),
             on_metrics=trackers.log,
         )
     trackers.close()
