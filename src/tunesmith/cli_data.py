@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from tunesmith.config import ConfigError, RunConfig, load_config
 from tunesmith.data.cache import TokenizedSplit, tokenize_with_cache
 from tunesmith.data.formats import FORMATS
-from tunesmith.data.load import PreparedRecords, prepare_records
+from tunesmith.data.load import PreparedRecords, prepare_configured_records, prepare_records
 from tunesmith.data.report import HISTOGRAM_FILE, SPLITS, DataReport, print_report
 from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample, TokenizeError, trained_pieces
 from tunesmith.data.validate import DataError, Problem
@@ -131,15 +131,7 @@ def _fail(console: Console, message: str) -> typer.Exit:
 def _prepare(config: RunConfig, console: Console) -> PreparedRecords:
     """`prepare_records` as the trainer calls it; on data errors print the report and exit 2."""
     try:
-        return prepare_records(
-            config.data.train,
-            validation=config.data.validation,
-            test=config.data.test,
-            format=config.data.format,
-            split=config.data.split,
-            seed=config.data.seed,
-            dedup=config.data.dedup,
-        )
+        return prepare_configured_records(config.data)
     except DataError as error:
         if error.report is not None:
             print_report(error.report, console)

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from tunesmith.config import RunConfig
 from tunesmith.data.cache import tokenize_with_cache
-from tunesmith.data.load import prepare_records
+from tunesmith.data.load import prepare_configured_records
 from tunesmith.engine import checkpoint as ckpt
 from tunesmith.engine.loop import (
     LoopState,
@@ -123,15 +123,7 @@ def train(
     if rank == 0:
         paths.config.write_text(config.to_yaml(), encoding="utf-8")
 
-    prepared = prepare_records(
-        config.data.train,
-        validation=config.data.validation,
-        test=config.data.test,
-        format=config.data.format,
-        split=config.data.split,
-        seed=config.data.seed,
-        dedup=config.data.dedup,
-    )
+    prepared = prepare_configured_records(config.data)
     report = prepared.report
 
     device = pick_device(config.train.device)

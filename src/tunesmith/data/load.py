@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.config import DataConfig
 from tunesmith.data.formats import read_file
 from tunesmith.data.records import Conversation, Record, Source
 from tunesmith.data.report import SPLITS, DataReport, FileSummary, Leak
@@ -105,6 +106,24 @@ def prepare_records(
     if has_errors(report.problems):
         raise DataError(report.problems, report)
     return PreparedRecords(final["train"], final["validation"], final["test"], report)
+
+
+def prepare_configured_records(
+    data: DataConfig, *, test: Sequence[Path] | None = None
+) -> PreparedRecords:
+    """`prepare_records` with a run's data settings; every stage derives the same splits.
+
+    ``test`` replaces the configured test files (e.g. `tunesmith eval --test FILE`).
+    """
+    return prepare_records(
+        data.train,
+        validation=data.validation,
+        test=list(test) if test else data.test,
+        format=data.format,
+        split=data.split,
+        seed=data.seed,
+        dedup=data.dedup,
+    )
 
 
 def _check_fractions(split: tuple[float, float, float]) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tunesmith.config import RunConfig
-from tunesmith.data.load import prepare_records
+from tunesmith.data.load import prepare_configured_records
 from tunesmith.data.records import Conversation
 from tunesmith.evaluate.run import EvalResult, evaluate_models
 from tunesmith.models import load_base_model
@@ -25,15 +25,7 @@ def held_out_items(
     config: RunConfig, test_files: Sequence[Path] | None
 ) -> tuple[list[Conversation], list[Conversation]]:
     """(test items, training items for the few-shot prompt) of a run."""
-    prepared = prepare_records(
-        config.data.train,
-        validation=config.data.validation,
-        test=list(test_files) if test_files else config.data.test,
-        format=config.data.format,
-        split=config.data.split,
-        seed=config.data.seed,
-        dedup=config.data.dedup,
-    )
+    prepared = prepare_configured_records(config.data, test=test_files)
     return _conversations(prepared.test), _conversations(prepared.train)
 
 
