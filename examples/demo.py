@@ -17,6 +17,7 @@ from rich.table import Table
 from tunesmith.chat import reply
 from tunesmith.config import load_config
 from tunesmith.pipeline import train
+from tunesmith.quiet import quiet_third_party
 from tunesmith.runs import load_trained
 
 ROOT = Path(__file__).resolve().parent
@@ -24,7 +25,8 @@ PRESET = ROOT / "support-lora.yaml"
 
 
 def main() -> int:
-    console = Console()
+    quiet_third_party()
+    console = Console(soft_wrap=True)
     started = time.perf_counter()
     config = load_config(PRESET, sys.argv[1:])
     config.output.name = "demo-support-lora"

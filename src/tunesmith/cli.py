@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-import transformers
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from tunesmith.config import ConfigError, load_config
+from tunesmith.quiet import quiet_third_party
 
-transformers.utils.logging.disable_progress_bar()  # our own progress output is enough
-# bitsandbytes announces, on every import, that it could not fetch an optional kernel from
-# a hub; tunesmith never fetches anything at run time, so that notice is only noise. The
-# same goes for a deprecation notice peft triggers inside transformers.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+quiet_third_party()
 
 app = typer.Typer(
     name="tunesmith",
