@@ -32,6 +32,17 @@ def _trunk_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return base.get_decoder(), base.get_output_embeddings()
 
 
+def _decoder_states(trunk: nn.Module, batch: Batch) -> torch.Tensor:
+    """Final hidden states of the decoder stack, without a cache (a cache would let packed
+    examples attend to each other)."""
+    return trunk(
+        input_ids=batch.input_ids,
+        position_ids=batch.position_ids,
+        attention_mask=batch.attention_mask,
+        use_cache=False,
+    ).last_hidden_state
+
+
 def _chunk_nll_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()
     return F.cross_entropy(logits, targets, reduction="sum")
@@ -48,12 +59,7 @@ def selected_hidden_and_targets(
     if _uses_virtual_tokens(model):
         return None
     trunk, head = _trunk_and_head(model)
-    hidden = trunk(
-        input_ids=batch.input_ids,
-        position_ids=batch.position_ids,
-        attention_mask=batch.attention_mask,
-        use_cache=False,
-    ).last_hidden_state
+    hidden = _decoder_states(trunk, batch)
     targets = batch.labels[:, 1:]
     keep = targets != IGNORE_INDEX
     return hidden[:, :-1][keep], targets[keep], head
@@ -161,11 +167,6 @@ def last_token_hidden_states(model: nn.Module, batch: Batch) -> torch.Tensor | N
     if _uses_virtual_tokens(model) or batch.attention_mask is None:
         return None
     trunk, _head = _trunk_and_head(model)
-    hidden = trunk(
-        input_ids=batch.input_ids,
-        position_ids=batch.position_ids,
-        attention_mask=batch.attention_mask,
-        use_cache=False,
-    ).last_hidden_state
+    hidden = _decoder_states(trunk, batch)
     last = batch.attention_mask.sum(dim=1) - 1
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
