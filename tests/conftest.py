@@ -14,13 +14,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models run fastest on one thread; more only adds contention on small CPUs. The
+# environment variable also reaches the training runs and subprocesses the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-# Tiny models run fastest on one thread; more only adds contention on small CPUs.
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

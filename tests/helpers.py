@@ -16,3 +16,10 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "final" / "adapter_model.safetensors")
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The saved result of a run: the adapter, or the whole model of full fine-tuning."""
+    final = run_dir / "final"
+    name = "adapter_model.safetensors"
+    return load_file(final / (name if (final / name).exists() else "model.safetensors"))

@@ -1,4 +1,5 @@
-"""Two processes (torchrun, gloo on CPU) equal one process with the same global batch."""
+"""Two processes (torchrun, gloo on CPU) equal one process with the same global batch, with
+whole model copies (ddp) and with sharded ones (fsdp), and resume exactly after a stop."""
 
 from __future__ import annotations
 
@@ -12,65 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import adapter, train_losses
+from tests.helpers import final_weights, train_losses
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+pytestmark = pytest.mark.skipif(
+    not TORCHRUN.exists() and not shutil.which("torchrun"), reason="no torchrun"
+)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
-
-def samples(run_dir: Path, rank: int) -> dict[int, list[str]]:
-    lines = (run_dir / f"samples.rank{rank}.jsonl").read_text().splitlines()
-    return {entry["step"]: entry["examples"] for entry in map(json.loads, lines)}
-
-
-@pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="no torchrun")
-def test_two_processes_equal_one_with_the_same_global_batch(run_setup) -> None:
-    config, workdir = run_setup
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    # Dropout draws from each process's own RNG stream, so equality holds only without it.
-    common = ["train", str(config), "--set", "train.eval_every=100", "--set", "method.dropout=0"]
-    single = subprocess.run(
-        [sys.executable, "-m", "tunesmith.cli", *common, "--set", "output.name=single"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr
-    double = subprocess.run(
-        [
-            str(TORCHRUN),
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            "-m",
-            "tunesmith.cli",
-            *common,
-            "--set",
-            "output.name=double",
-            "--set",
-            "train.gradient_accumulation=1",
-        ],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert double.returncode == 0, double.stderr
-    assert "2 process(es)" in double.stdout
-
-    one, two = workdir / "runs" / "single", workdir / "runs" / "double"
-    rank0, rank1, alone = samples(two, 0), samples(two, 1), samples(one, 0)
-    for step, examples in alone.items():
-        assert not set(rank0[step]) & set(rank1[step])  # the ranks saw different data
-        assert sorted(rank0[step] + rank1[step]) == sorted(examples)
-    assert train_losses(two) == pytest.approx(train_losses(one), abs=1e-5)
-    for key, value in adapter(one).items():
-        torch.testing.assert_close(adapter(two)[key], value, atol=1e-5, rtol=0)
-
-
+# Rank 1 receives SIGTERM in its third accumulation window (only when asked to).
 SIGTERM_RANK_1 = """
 import os, signal, sys
 from tunesmith.engine import loop
@@ -89,22 +40,93 @@ app(sys.argv[1:])
 """
 
 
-@pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="no torchrun")
-def test_sigterm_to_one_rank_stops_both_at_the_same_step(run_setup) -> None:
+def samples(run_dir: Path, rank: int) -> dict[int, list[str]]:
+    lines = (run_dir / f"samples.rank{rank}.jsonl").read_text().splitlines()
+    return {entry["step"]: entry["examples"] for entry in map(json.loads, lines)}
+
+
+def run(workdir: Path, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        list(command), cwd=workdir, env=ENV, capture_output=True, text=True, timeout=300
+    )
+
+
+def tunesmith(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return run(workdir, sys.executable, "-m", "tunesmith.cli", *args)
+
+
+def two_processes(workdir: Path, port: int, program: list[str], *args: str):
+    return run(
+        workdir, str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(port),
+        *program, *args,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("strategy", "method", "port"),
+    [("ddp", "lora", 29533), ("fsdp", "lora", 29535), ("fsdp", "full", 29536)],
+)
+def test_two_processes_equal_one_with_the_same_global_batch(
+    run_setup, strategy: str, method: str, port: int
+) -> None:
+    config, workdir = run_setup
+    # Dropout draws from each process's own RNG stream, so equality holds only without it.
+    common = [
+        "train", str(config), "--set", "train.eval_every=100", "--set", "method.dropout=0",
+        "--set", f"method.name={method}", "--set", f"train.strategy={strategy}",
+    ]  # fmt: skip
+    single = tunesmith(workdir, *common, "--set", "output.name=single")
+    assert single.returncode == 0, single.stderr
+    double = two_processes(
+        workdir, port, ["-m", "tunesmith.cli"], *common,
+        "--set", "output.name=double", "--set", "train.gradient_accumulation=1",
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr
+    assert f"2 process(es), {strategy}" in double.stdout
+
+    one, two = workdir / "runs" / "single", workdir / "runs" / "double"
+    rank0, rank1, alone = samples(two, 0), samples(two, 1), samples(one, 0)
+    for step, examples in alone.items():
+        assert not set(rank0[step]) & set(rank1[step])  # the ranks saw different data
+        assert sorted(rank0[step] + rank1[step]) == sorted(examples)
+    assert train_losses(two) == pytest.approx(train_losses(one), abs=1e-5)
+    expected, got = final_weights(one), final_weights(two)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("strategy", "port"), [("ddp", 29534), ("fsdp", 29537)])
+def test_sigterm_to_one_rank_stops_both_and_resume_continues_exactly(
+    run_setup, strategy: str, port: int
+) -> None:
+    """With dropout on, each process's random stream must come back from the checkpoint."""
     config, workdir = run_setup
     driver = workdir / "driver.py"
     driver.write_text(SIGTERM_RANK_1)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [
-            str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29534", str(driver),
-            "train", str(config), "--set", "output.name=stopped",
-            "--set", "train.gradient_accumulation=1",
-        ],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode != 0  # the launcher reports the ranks' exit code 143
-    run = workdir / "runs" / "stopped"
-    assert max(samples(run, 0)) == max(samples(run, 1)) == 3
-    assert (run / "checkpoints" / "step-3" / "COMPLETE.json").is_file()
-    assert not (run / "final").exists()
+    common = [
+        "train", str(config), "--set", "train.gradient_accumulation=1",
+        "--set", f"train.strategy={strategy}", "--set", "train.eval_every=2",
+    ]  # fmt: skip
+    cli = ["-m", "tunesmith.cli"]
+    whole = two_processes(workdir, port, cli, *common, "--set", "output.name=whole")
+    assert whole.returncode == 0, whole.stderr
+
+    stopped = two_processes(workdir, port, [str(driver)], *common, "--set", "output.name=cut")
+    assert stopped.returncode != 0  # the launcher reports the ranks' exit code 143
+    cut = workdir / "runs" / "cut"
+    assert max(samples(cut, 0)) == max(samples(cut, 1)) == 3
+    assert (cut / "checkpoints" / "step-3" / "COMPLETE.json").is_file()
+    assert (cut / "checkpoints" / "step-3" / "rng.rank1.pt").is_file()
+    assert not (cut / "final").exists()
+
+    resumed = two_processes(
+        workdir, port, cli, *common, "--set", "output.name=cut", "--resume", "auto"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "at step 3" in resumed.stdout
+    reference = workdir / "runs" / "whole"
+    assert train_losses(cut) == pytest.approx(train_losses(reference), abs=1e-6)
+    expected, got = final_weights(reference), final_weights(cut)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=1e-6, rtol=0)

@@ -39,6 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunesmith.data.validate import DataError
     from tunesmith.engine.checkpoint import CheckpointError
     from tunesmith.engine.loop import TrainingError
+    from tunesmith.engine.parallel import ParallelError
     from tunesmith.engine.trackers import TrackerError
     from tunesmith.methods import MethodError
     from tunesmith.models import ModelError
@@ -56,6 +57,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         TrainingError,
         TrackerError,
+        ParallelError,
     )
 
 

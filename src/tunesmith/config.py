@@ -178,6 +178,17 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CUDA with bf16 support, fp32 on CPU."
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With several processes: ddp keeps a whole model in each; fsdp shards "
+        "weights, gradients and optimizer state across them (FSDP2).",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads per process; default: the cores this process may use divided "
+        "by the processes on this machine (OMP_NUM_THREADS, when set, wins).",
+    )
 
 
 class EvalConfig(_Section):

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,17 +20,16 @@ from tunesmith.config import RunConfig
 from tunesmith.data.cache import tokenize_with_cache
 from tunesmith.data.load import prepare_configured_records
 from tunesmith.engine import checkpoint as ckpt
-from tunesmith.engine.loop import (
-    LoopState,
-    StepPlan,
-    TrainingError,
-    evaluate_loss,
-    load_trainable_state,
-    run_loop,
-    trainable_state,
+from tunesmith.engine.loop import LoopState, StepPlan, TrainingError, evaluate_loss, run_loop
+from tunesmith.engine.parallel import (
+    Processes,
+    Replicated,
+    build_parallel,
+    strategy_from_launcher,
 )
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.engine.signals import StopRequest
+from tunesmith.engine.threads import configure_threads
 from tunesmith.engine.trackers import Trackers
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models import load_base_model, pick_device, pick_dtype
@@ -87,26 +85,6 @@ def _data_fingerprint(examples: list) -> str:
     return digest.hexdigest()[:16]
 
 
-def _distributed() -> tuple[int, int]:
-    """(world_size, rank) from the launcher (torchrun / accelerate launch), starting gloo/nccl."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 1, 0
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-    return world_size, torch.distributed.get_rank()
-
-
-def _any_rank(flag: bool, world_size: int) -> bool:
-    """A stop asked of any process stops every process at the same step (rank 0 saves)."""
-    if world_size <= 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0])
-    torch.distributed.all_reduce(value)
-    return bool(value.item() > 0)
-
-
 def train(
     config: RunConfig,
     *,
@@ -117,7 +95,10 @@ def train(
 ) -> TrainSummary:
     """Fine-tune as `config` says and write the run directory; returns what was produced."""
     console = console or Console()
-    world_size, rank = _distributed()
+    processes = Processes.join()
+    world_size, rank = processes.world_size, processes.rank
+    strategy = strategy_from_launcher(config.train.strategy)
+    threads = configure_threads(config.train.threads, processes.local_world_size)
     paths = RunPaths(config.run_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -139,16 +120,22 @@ def train(
         ),
         base_model=config.model.name,
     )
-    torch.manual_seed(config.train.seed)
-    loaded = load_base_model(
-        config.model.name,
-        device=device,
-        dtype=model_dtype,
-        cache_dir=config.model.cache_dir,
-        trust_remote_code=config.model.trust_remote_code,
-        **method.base_load_options(config.method),
-    )
-    tokenizer = loaded.tokenizer
+
+    def load_model_with_method():
+        torch.manual_seed(config.train.seed)
+        loaded = load_base_model(
+            config.model.name,
+            device=device,
+            dtype=model_dtype,
+            cache_dir=config.model.cache_dir,
+            trust_remote_code=config.model.trust_remote_code,
+            **method.base_load_options(config.method),
+        )
+        model = method.attach(loaded.model, config.method)
+        attach_objective_parameters(objective, model)
+        return model, loaded.tokenizer
+
+    model, tokenizer = load_model_with_method()
     train_examples = _tokenize(objective, prepared.train, tokenizer, config, report)
     val_examples = _tokenize(objective, prepared.validation, tokenizer, config, report)
     report.set_token_stats(
@@ -162,11 +149,10 @@ def train(
             f"no training examples left after tokenization; see {paths.data_report} for why."
         )
 
-    model = method.attach(loaded.model, config.method)
-    attach_objective_parameters(objective, model)
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
+    parallel = build_parallel(strategy, model, objective, processes, method=method.name)
     pack = config.train.packing and config.method.name not in PROMPT_LEARNING_METHODS
     learning_rate = config.train.learning_rate or method.default_learning_rate
     effective = config.train.batch_size * config.train.gradient_accumulation * world_size
@@ -176,8 +162,10 @@ def train(
             f"method {method.name}  objective {objective.name}  lr {learning_rate:g}\n"
             f"examples: {len(train_examples)} train, {len(val_examples)} validation  "
             f"effective batch size {effective} ({config.train.batch_size} x "
-            f"{config.train.gradient_accumulation} accumulation x {world_size} process(es))  "
-            f"device {device.type}  precision {str(dtype).removeprefix('torch.')}"
+            f"{config.train.gradient_accumulation} accumulation x {world_size} process(es)"
+            f"{f', {parallel.name}' if world_size > 1 else ''})  "
+            f"device {device.type} ({threads} CPU threads)  "
+            f"precision {str(dtype).removeprefix('torch.')}"
         )
 
     autocast = dtype if device.type == "cuda" and dtype != torch.float32 else None
@@ -188,6 +176,7 @@ def train(
         pack=pack,
         row_length=config.data.max_length,
         device=device,
+        parallel=parallel,
     )
     fingerprint = _data_fingerprint(train_examples)
     compat = {
@@ -196,6 +185,7 @@ def train(
         "micro_batch_size": config.train.batch_size,
         "gradient_accumulation": config.train.gradient_accumulation,
         "world_size": world_size,
+        "strategy": parallel.name,
     }
 
     resume_from = ckpt.resolve_resume(paths.root, resume) if resume else None
@@ -227,10 +217,13 @@ def train(
                 "[yellow]warning:[/yellow] resuming although data or batch settings changed; "
                 "the run is no longer an exact continuation"
             )
-        load_trainable_state(model, saved.trainable_state)
-        optimizer.load_state_dict(saved.optimizer_state)
+        parallel.load_trainable_state(saved.trainable_state)
+        parallel.load_optimizer_state(optimizer, saved.optimizer_state)
         scheduler.load_state_dict(saved.scheduler_state)
-        ckpt.restore_rng(saved.rng_state)
+        # Each process continues its own random streams (dropout masks differ per process).
+        rng_state = saved.rng_state_of_rank(rank) or saved.rng_state
+        if rng_state is not None:
+            ckpt.restore_rng(rng_state)
         state = LoopState.from_dict(saved.train_state["loop"])
         best = None
         if state.best_step == state.step:
@@ -244,21 +237,23 @@ def train(
         return state, best
 
     def save(state: LoopState, optimizer, scheduler, metric: float | None) -> None:
-        if rank != 0:
-            return
-        ckpt.save_checkpoint(
-            paths.root,
-            state.step,
-            trainable_state=trainable_state(model),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            train_state={**compat, "loop": state.to_dict()},
-            metric=metric,
-        )
-        ckpt.rotate_checkpoints(paths.root, config.train.keep_checkpoints, state.best_step)
-
-    def all_reduce(tensor: torch.Tensor) -> None:
-        torch.distributed.all_reduce(tensor)
+        # Gathering is collective: every process takes part, rank 0 writes.
+        weights = parallel.trainable_state()
+        optimizer_state = parallel.optimizer_state(optimizer)
+        rng_states = processes.gather_to_first(ckpt.capture_rng())
+        if rank == 0:
+            ckpt.save_checkpoint(
+                paths.root,
+                state.step,
+                trainable_state=weights,
+                optimizer_state=optimizer_state,
+                scheduler=scheduler,
+                rng=rng_states,
+                train_state={**compat, "loop": state.to_dict()},
+                metric=metric,
+            )
+            ckpt.rotate_checkpoints(paths.root, config.train.keep_checkpoints, state.best_step)
+        processes.barrier()
 
     plan = StepPlan(
         config.train.batch_size,
@@ -288,25 +283,32 @@ def train(
             metrics_path=paths.metrics,
             progress=progress,
             autocast_dtype=autocast,
-            world_size=world_size,
-            rank=rank,
-            all_reduce=all_reduce if world_size > 1 else None,
+            parallel=parallel,
             resume=restore,
             save=save,
-            stop_requested=lambda: _any_rank(stop.requested, world_size),
+            stop_requested=lambda: processes.any(stop.requested),
             on_metrics=trackers.log,
         )
     trackers.close()
 
-    if result.best_trainable_state is not None and not result.stopped_by_signal:
-        load_trainable_state(model, result.best_trainable_state)
+    finished = not result.stopped_by_signal
+    if result.best_trainable_state is not None and finished:
+        parallel.load_trainable_state(result.best_trainable_state)
     val_after = None
-    if val_examples and not result.stopped_by_signal:
+    if val_examples and finished:
         val_after = evaluate_loss(model, objective, val_examples, **eval_kwargs)
-    if rank == 0 and not result.stopped_by_signal:
-        method.save(model, paths.final)
-        save_objective_parameters(objective, model, paths.final)
-        tokenizer.save_pretrained(paths.final)
+    if finished:
+        whole = model
+        if not isinstance(parallel, Replicated):
+            # A sharded model has no whole copy to save from: rank 0 rebuilds one.
+            weights = parallel.trainable_state()
+            if rank == 0:
+                whole = load_model_with_method()[0]
+                Replicated(whole, objective, Processes()).load_trainable_state(weights)
+        if rank == 0:
+            method.save(whole, paths.final)
+            save_objective_parameters(objective, whole, paths.final)
+            tokenizer.save_pretrained(paths.final)
     summary = TrainSummary(
         run_dir=paths.root,
         rank=rank,
@@ -325,6 +327,5 @@ def train(
     )
     if rank == 0:
         paths.summary.write_text(summary.to_json(), encoding="utf-8")
-    if world_size > 1:
-        torch.distributed.barrier()
+    processes.barrier()
     return summary

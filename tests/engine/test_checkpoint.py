@@ -24,6 +24,7 @@ from tunesmith.engine import checkpoint as ckpt
 from tunesmith.engine.checkpoint import (
     CheckpointError,
     DiskFullError,
+    capture_rng,
     check_resume_compatible,
     find_latest_checkpoint,
     load_checkpoint,
@@ -583,3 +584,43 @@ def test_a_staging_folder_is_never_selected_or_loaded(tmp_path: Path):
     assert find_latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-1"
     with pytest.raises(CheckpointError, match="Can't find a valid checkpoint at"):
         load_checkpoint(staging)
+
+
+def test_every_process_random_state_is_saved_and_given_back_by_rank(tmp_path: Path):
+    model, optimizer, scheduler = _make_training(seed=0)
+    _seed_everything(1)
+    first = capture_rng()
+    _seed_everything(2)
+    second = capture_rng()
+    saved = _save(tmp_path, 1, model, optimizer, scheduler, rng=[first, second])
+    assert (saved / "rng.rank1.pt").is_file()
+    loaded = load_checkpoint(saved)
+    assert len(loaded.rng_states) == 2
+    assert torch.equal(loaded.rng_state["torch_cpu"], first["torch_cpu"])
+    assert torch.equal(loaded.rng_state_of_rank(1)["torch_cpu"], second["torch_cpu"])
+    assert loaded.rng_state_of_rank(2) is None  # saved by fewer processes than asked about
+    restore_rng(loaded.rng_state_of_rank(1))
+    torch.manual_seed(2)
+    expected = torch.rand(3)
+    restore_rng(loaded.rng_state_of_rank(1))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_gathered_optimizer_state_is_saved_instead_of_the_optimizer(tmp_path: Path):
+    model, optimizer, scheduler = _make_training(seed=0)
+    _train_step(model, optimizer, scheduler)
+    gathered = {"state": {"weight": {"step": torch.tensor(1.0)}}, "param_groups": []}
+    saved = save_checkpoint(
+        tmp_path,
+        1,
+        trainable_state=dict(model.state_dict()),
+        optimizer_state=gathered,
+        scheduler=scheduler,
+        train_state={},
+    )
+    assert load_checkpoint(saved).optimizer_state == gathered
+    with pytest.raises(ValueError, match="exactly one"):
+        save_checkpoint(
+            tmp_path, 2, trainable_state={}, optimizer=optimizer, optimizer_state=gathered,
+            scheduler=None, train_state={},
+        )  # fmt: skip

@@ -7,7 +7,8 @@ the trainable weights, optimizer, LR scheduler, every RNG and the loop's counter
     trainable.safetensors   the weights that train (adapter or full model)
     optimizer.pt            optimizer.state_dict()   (tensors and plain values only)
     scheduler.pt            scheduler.state_dict()   (tensors and plain values only)
-    rng.pt                  python, numpy, torch CPU and CUDA generator states
+    rng.pt                  python, numpy, torch CPU and CUDA generator states (rank 0)
+    rng.rank<R>.pt          the same for every other process of a multi-process run
     train_state.json        step, epoch, samples consumed, fingerprints, batch sizes, ...
     COMPLETE.json           sha256 and size of every file above, written last
 
@@ -40,8 +41,8 @@ import random
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,8 @@ class Checkpoint:
     """Everything a verified checkpoint folder holds, deserialized onto the CPU.
 
     ``scheduler_state`` is None when the run had no scheduler and ``rng_state`` is None when
-    the save was made with ``rng=False``.
+    the save was made with ``rng=False``. ``rng_states`` holds one state per process, rank 0
+    first (``rng_state`` is that first one).
     """
 
     path: Path
@@ -123,6 +125,11 @@ class Checkpoint:
     scheduler_state: dict[str, Any] | None
     rng_state: dict[str, Any] | None
     train_state: dict[str, Any]
+    rng_states: list[dict[str, Any]] = field(default_factory=list)
+
+    def rng_state_of_rank(self, rank: int) -> dict[str, Any] | None:
+        """The random state process ``rank`` saved (None if the save had fewer processes)."""
+        return self.rng_states[rank] if rank < len(self.rng_states) else None
 
 
 def save_checkpoint(
@@ -130,9 +137,10 @@ def save_checkpoint(
     step: int,
     *,
     trainable_state: Mapping[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    rng: bool = True,
+    rng: bool | Sequence[Mapping[str, Any]] = True,
     train_state: Mapping[str, Any],
     metric: float | None = None,
 ) -> Path:
@@ -144,11 +152,17 @@ def save_checkpoint(
     ``torch.load(weights_only=True)`` could not read back, and ``DiskFullError`` if the disk
     is (or becomes) too full; in every failure the staging folder is removed and older
     checkpoints stay as they were. A complete checkpoint of the same step is replaced.
+
+    ``optimizer_state`` replaces ``optimizer.state_dict()`` when the state was gathered from
+    shards; ``rng`` may be the states of every process (rank order) instead of ``True``.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
+    if (optimizer is None) == (optimizer_state is None):
+        raise ValueError("pass exactly one of optimizer and optimizer_state")
     _refuse_non_finite(trainable_state)
-    optimizer_state = optimizer.state_dict()
+    if optimizer_state is None:
+        optimizer_state = optimizer.state_dict()
     _require_weights_only_loadable(optimizer_state, OPTIMIZER_FILE)
     scheduler_state = None if scheduler is None else scheduler.state_dict()
     if scheduler_state is not None:
@@ -174,8 +188,9 @@ def save_checkpoint(
     ]
     if scheduler_state is not None:
         payloads.append((SCHEDULER_FILE, lambda: _torch_bytes(scheduler_state)))
-    if rng:
-        payloads.append((RNG_FILE, lambda: _torch_bytes(capture_rng())))
+    rng_states = [capture_rng()] if rng is True else list(rng or [])
+    for rank, rng_state in enumerate(rng_states):
+        payloads.append((_rng_file(rank), lambda state=rng_state: _torch_bytes(state)))
     payloads.append((TRAIN_STATE_FILE, lambda: train_state_json))
 
     published = False
@@ -230,15 +245,24 @@ def load_checkpoint(path: Path) -> Checkpoint:
         train_state = json.loads(contents[TRAIN_STATE_FILE])
     except (safetensors.SafetensorError, ValueError) as error:
         raise _invalid(path, f"a file can't be parsed ({error})") from error
+    rng_states = []
+    while _rng_file(len(rng_states)) in contents:
+        name = _rng_file(len(rng_states))
+        rng_states.append(_torch_load_safely(path, name, contents[name]))
     return Checkpoint(
         path=path,
         step=manifest["step"],
         trainable_state=trainable_state,
         optimizer_state=_torch_load_safely(path, OPTIMIZER_FILE, contents[OPTIMIZER_FILE]),
         scheduler_state=_torch_load_safely(path, SCHEDULER_FILE, contents.get(SCHEDULER_FILE)),
-        rng_state=_torch_load_safely(path, RNG_FILE, contents.get(RNG_FILE)),
+        rng_state=rng_states[0] if rng_states else None,
         train_state=train_state,
+        rng_states=rng_states,
     )
+
+
+def _rng_file(rank: int) -> str:
+    return RNG_FILE if rank == 0 else f"rng.rank{rank}.pt"
 
 
 def capture_rng() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from tunesmith.config import TrainConfig
 from tunesmith.data.batching import epoch_order
+from tunesmith.engine.parallel import Parallel, Processes, Replicated
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.engine.schedule import build_scheduler
 from tunesmith.objectives import Objective
@@ -70,20 +71,6 @@ class LoopResult:
     warnings: list[str]
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    parameters = dict(model.named_parameters())
-    missing = [name for name in state if name not in parameters]
-    if missing:
-        raise TrainingError(f"checkpoint has weights the model lacks: {missing[:3]}")
-    with torch.no_grad():
-        for name, value in state.items():
-            parameters[name].copy_(value)
-
-
 @dataclass
 class StepPlan:
     """How micro-batches map to optimizer steps for one run (the same on every process)."""
@@ -116,10 +103,15 @@ def evaluate_loss(
     row_length: int,
     device: torch.device,
     max_tokens_per_forward: int = 1 << 30,
+    parallel: Parallel | None = None,
 ) -> float:
-    """Mean loss per trained token over a whole set (no sampling, deterministic)."""
+    """Mean loss per trained token over a whole set (no sampling, deterministic).
+
+    Every process evaluates the whole set, so all of them take the same decisions from it.
+    """
     if not examples:
         return float("nan")
+    parallel = parallel or Replicated(model, objective, Processes())
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -133,7 +125,7 @@ def evaluate_loss(
             for piece in (
                 batch.split(max_tokens_per_forward) if hasattr(batch, "split") else [batch]
             ):
-                loss_sum, units = objective.loss_sum(model, piece)
+                loss_sum, units = parallel.loss_sum(piece)
                 total += float(loss_sum)
                 count += units
     model.train(was_training)
@@ -152,27 +144,42 @@ def backward_window(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     max_tokens_per_forward: int = 1 << 30,
+    parallel: Parallel | None = None,
+    filler: Sequence[Any] = (),
 ) -> tuple[torch.Tensor, int, list[str]]:
     """Accumulate the gradients of one optimizer step: every micro-batch's summed loss is
     divided by the trained tokens of the whole window (all processes), never per micro-batch.
 
+    When the strategy needs every process to run as many passes as the busiest one (FSDP),
+    the missing passes run ``filler`` examples with weight zero.
     Returns the window's summed loss (float64), its real tokens and the example sources.
     """
-    step_loss = torch.zeros((), dtype=torch.float64, device=device)
-    real_tokens = 0
-    sources: list[str] = []
-    for group in micro_batches:
+    parallel = parallel or Replicated(model, objective, Processes())
+
+    def pieces_of(group: Sequence[Any]) -> tuple[Any, list[Any]]:
         batch = objective.collate(
             group, pad_token_id=pad_token_id, pack=pack, row_length=row_length
         ).to(device)
+        return batch, batch.split(max_tokens_per_forward) if hasattr(batch, "split") else [batch]
+
+    step_loss = torch.zeros((), dtype=torch.float64, device=device)
+    real_tokens = 0
+    sources: list[str] = []
+    pieces: list[tuple[Any, float]] = []
+    for group in micro_batches:
+        batch, split = pieces_of(group)
         sources.extend(str(source) for source in batch.sources)
-        pieces = batch.split(max_tokens_per_forward) if hasattr(batch, "split") else [batch]
-        for piece in pieces:
-            with _autocast(device, autocast_dtype):
-                loss_sum, _units = objective.loss_sum(model, piece)
-            (loss_sum / max(1, window_tokens)).backward()
-            step_loss += loss_sum.detach().double()
         real_tokens += batch.real_tokens
+        pieces.extend((piece, 1.0) for piece in split)
+    missing = parallel.forwards_to_run(len(pieces)) - len(pieces)
+    if missing:
+        pieces.extend([(pieces_of(filler)[1][0], 0.0)] * missing)
+    for piece, weight in pieces:
+        with _autocast(device, autocast_dtype):
+            loss_sum, _units = parallel.loss_sum(piece)
+        (loss_sum * (weight / max(1, window_tokens))).backward()
+        if weight:
+            step_loss += loss_sum.detach().double()
     return step_loss, real_tokens, sources
 
 
@@ -191,9 +198,7 @@ def run_loop(
     metrics_path: Path,
     progress: TrainingProgress,
     autocast_dtype: torch.dtype | None = None,
-    world_size: int = 1,
-    rank: int = 0,
-    all_reduce: Callable[[torch.Tensor], None] | None = None,
+    parallel: Parallel | None = None,
     resume: Callable[
         [torch.optim.Optimizer, object], tuple[LoopState, dict[str, torch.Tensor] | None]
     ]
@@ -206,8 +211,11 @@ def run_loop(
 
     `resume` restores model/optimizer/scheduler/RNG and returns the saved LoopState and the
     best step's trainable weights; `save` writes a checkpoint. Both come from the caller, so
-    the loop stays free of storage concerns.
+    the loop stays free of storage concerns. ``parallel`` says how processes share the model
+    (one process holding it whole when omitted).
     """
+    parallel = parallel or Replicated(model, objective, Processes())
+    world_size, rank = parallel.processes.world_size, parallel.processes.rank
     lengths = [len(example) for example in train_examples]
     micro_per_epoch = math.ceil(len(train_examples) / settings.batch_size)
     plan = StepPlan(
@@ -215,7 +223,7 @@ def run_loop(
     )
     total_steps = plan.total_steps(settings.epochs, settings.max_steps)
 
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    parameters = [p for p in parallel.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         parameters, lr=learning_rate, weight_decay=settings.weight_decay, betas=(0.9, 0.999)
     )
@@ -234,7 +242,7 @@ def run_loop(
         return epoch_order(lengths, settings.batch_size, settings.seed, epoch)
 
     order = batches_of_epoch(state.epoch)
-    model.train()
+    parallel.module.train()
     started = time.perf_counter()
     real_tokens_run = 0
     samples_path = metrics_path.with_name(f"samples.rank{rank}.jsonl")
@@ -275,14 +283,10 @@ def run_loop(
                 device=device,
                 autocast_dtype=autocast_dtype,
                 max_tokens_per_forward=settings.max_tokens_per_forward,
+                parallel=parallel,
+                filler=window_examples[0][:1],
             )
-            if all_reduce is not None:
-                # Each process holds its share of one global token mean: summing is exact.
-                all_reduce(step_loss)
-                for parameter in parameters:
-                    if parameter.grad is None:
-                        parameter.grad = torch.zeros_like(parameter)
-                    all_reduce(parameter.grad)
+            parallel.finish_gradients(parameters, step_loss)
             loss_value = float(step_loss) / max(1, window_tokens)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm))
 
@@ -356,6 +360,7 @@ def run_loop(
                     pack=pack,
                     row_length=row_length,
                     device=device,
+                    parallel=parallel,
                 )
                 state.val_history.append((state.step, val_loss))
                 emit({"step": state.step, "val_loss": val_loss})
@@ -368,7 +373,7 @@ def run_loop(
                 if improved:
                     state.best_val_loss, state.best_step = val_loss, state.step
                     state.evals_without_improvement = 0
-                    best_state = trainable_state(model)
+                    best_state = parallel.trainable_state()
                 else:
                     state.evals_without_improvement += 1
                 warning = overfitting_warning(state.val_history, state.train_history)
