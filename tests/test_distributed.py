@@ -16,6 +16,7 @@ import torch
 from tests.helpers import final_weights, train_losses
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+ACCELERATE = Path(sys.executable).with_name("accelerate")
 pytestmark = pytest.mark.skipif(
     not TORCHRUN.exists() and not shutil.which("torchrun"), reason="no torchrun"
 )
@@ -62,25 +63,41 @@ def two_processes(workdir: Path, port: int, program: list[str], *args: str):
     )  # fmt: skip
 
 
+def two_accelerate_processes(workdir: Path, port: int, flags: list[str], *args: str):
+    return run(
+        workdir, str(ACCELERATE), "launch", *flags, "--num_processes", "2",
+        "--main_process_port", str(port), "-m", "tunesmith.cli", *args,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("strategy", "method", "port"),
-    [("ddp", "lora", 29533), ("fsdp", "lora", 29535), ("fsdp", "full", 29536)],
+    ("launcher", "strategy", "method", "port"),
+    [
+        ("torchrun", "ddp", "lora", 29533),
+        ("torchrun", "fsdp", "lora", 29535),
+        ("torchrun", "fsdp", "full", 29536),
+        ("accelerate --multi_gpu", "ddp", "lora", 29538),
+        ("accelerate --use_fsdp", "fsdp", "full", 29539),
+    ],
 )
 def test_two_processes_equal_one_with_the_same_global_batch(
-    run_setup, strategy: str, method: str, port: int
+    run_setup, launcher: str, strategy: str, method: str, port: int
 ) -> None:
     config, workdir = run_setup
     # Dropout draws from each process's own RNG stream, so equality holds only without it.
     common = [
         "train", str(config), "--set", "train.eval_every=100", "--set", "method.dropout=0",
-        "--set", f"method.name={method}", "--set", f"train.strategy={strategy}",
+        "--set", f"method.name={method}",
     ]  # fmt: skip
     single = tunesmith(workdir, *common, "--set", "output.name=single")
     assert single.returncode == 0, single.stderr
-    double = two_processes(
-        workdir, port, ["-m", "tunesmith.cli"], *common,
-        "--set", "output.name=double", "--set", "train.gradient_accumulation=1",
-    )  # fmt: skip
+    two = [*common, "--set", "output.name=double", "--set", "train.gradient_accumulation=1"]
+    if launcher == "torchrun":
+        double = two_processes(
+            workdir, port, ["-m", "tunesmith.cli"], *two, "--set", f"train.strategy={strategy}"
+        )
+    else:  # accelerate's own flag, not the config, asks for sharding
+        double = two_accelerate_processes(workdir, port, launcher.split()[1:], *two)
     assert double.returncode == 0, double.stderr
     assert f"2 process(es), {strategy}" in double.stdout
 
