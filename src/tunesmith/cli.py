@@ -138,7 +138,7 @@ def train(
 def _print_train_summary(summary) -> None:
     lines = [
         f"[bold green]done[/bold green] in {summary.seconds:.0f} s, {summary.steps} steps, "
-        f"{summary.real_tokens_per_second:.0f} tokens/s",
+        f"{summary.real_tokens_per_second:.0f} tokens/s while training",
     ]
     if summary.val_loss_before is not None and summary.val_loss_after is not None:
         lines.append(

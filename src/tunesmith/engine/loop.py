@@ -245,6 +245,9 @@ def run_loop(
     parallel.module.train()
     started = time.perf_counter()
     real_tokens_run = 0
+    # Throughput counts the seconds spent training, not validation passes or checkpoint
+    # writes, so tokens/s stays comparable between runs that evaluate more or less often.
+    training_seconds = 0.0
     samples_path = metrics_path.with_name(f"samples.rank{rank}.jsonl")
     with (
         metrics_path.open("a", encoding="utf-8") as metrics,
@@ -260,6 +263,7 @@ def run_loop(
                 on_metrics(record)
 
         while state.step < total_steps and not stopped_early:
+            step_started = time.perf_counter()
             if state.micro_batches_done_in_epoch >= len(order):
                 state.epoch += 1
                 state.micro_batches_done_in_epoch = 0
@@ -327,8 +331,8 @@ def run_loop(
             real_tokens_run += step_real_tokens * world_size
             state.train_history.append((state.step, loss_value))
 
-            elapsed = time.perf_counter() - started
-            tokens_per_s = real_tokens_run / max(elapsed, 1e-9)
+            training_seconds += time.perf_counter() - step_started
+            tokens_per_s = real_tokens_run / max(training_seconds, 1e-9)
             if state.step % settings.log_every == 0 or state.step == total_steps:
                 emit(
                     {
@@ -406,7 +410,7 @@ def run_loop(
         stopped_by_signal=stopped_by_signal,
         steps_run=state.step - start_step,
         seconds=seconds,
-        real_tokens_per_second=real_tokens_run / max(seconds, 1e-9),
+        real_tokens_per_second=real_tokens_run / max(training_seconds, 1e-9),
         best_trainable_state=best_state,
         warnings=warnings,
     )

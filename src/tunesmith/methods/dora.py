@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peft import get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
 
 from tunesmith.config import MethodConfig
 from tunesmith.methods import _peft
-from tunesmith.methods.lora import build_lora_config
+from tunesmith.methods.lora import attach_lora
 
 
 class DoRA:
@@ -26,7 +25,7 @@ class DoRA:
         return {}
 
     def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
-        return get_peft_model(model, build_lora_config(settings, use_dora=True))
+        return attach_lora(model, settings, use_dora=True)
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
         _peft.save_adapter(model, out_dir)

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from tunesmith.config import MethodConfig
 from tunesmith.methods import _peft
+from tunesmith.methods._dropout import use_cheap_dropout
 
 
 def build_lora_config(settings: MethodConfig, *, use_dora: bool = False) -> LoraConfig:
@@ -27,6 +28,11 @@ def build_lora_config(settings: MethodConfig, *, use_dora: bool = False) -> Lora
     )
 
 
+def attach_lora(model: nn.Module, settings: MethodConfig, *, use_dora: bool = False) -> nn.Module:
+    """peft LoRA (or DoRA) on ``model``, with the cheaper dropout mask on CPU."""
+    return use_cheap_dropout(get_peft_model(model, build_lora_config(settings, use_dora=use_dora)))
+
+
 class LoRA:
     name = "lora"
     default_learning_rate = 2e-4
@@ -36,7 +42,7 @@ class LoRA:
         return {}
 
     def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
-        return get_peft_model(model, build_lora_config(settings))
+        return attach_lora(model, settings)
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
         _peft.save_adapter(model, out_dir)

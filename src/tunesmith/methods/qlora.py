@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedMod
 from tunesmith.config import MethodConfig
 from tunesmith.methods import _peft
 from tunesmith.methods.base import MethodError
-from tunesmith.methods.lora import build_lora_config
+from tunesmith.methods.lora import attach_lora
 
 
 class QLoRA:
@@ -61,7 +61,7 @@ class QLoRA:
         # compute dtype. Gradient checkpointing stays off here: train.gradient_checkpointing
         # decides it for every method alike.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return get_peft_model(model, build_lora_config(settings))
+        return attach_lora(model, settings)
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
         _peft.save_adapter(model, out_dir)
