@@ -14,6 +14,11 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     return {line["step"]: line["train_loss"] for line in lines if "train_loss" in line}
 
 
+def val_losses(run_dir: Path) -> list[tuple[int, float]]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(line["step"], line["val_loss"]) for line in lines if "val_loss" in line]
+
+
 def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "final" / "adapter_model.safetensors")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import adapter, train_losses
+from tests.helpers import adapter, train_losses, val_losses
 
 DRIVER = """
 import os, signal, sys
-from tunesmith.engine import checkpoint, progress
+from tunesmith.engine import checkpoint, loop, progress
 mode, at_step = sys.argv[1], int(sys.argv[2])
+original_evaluate = loop.evaluate_loss
 original_save = checkpoint.save_checkpoint
 original_advance = progress.TrainingProgress.advance_to
 
@@ -30,8 +32,22 @@ def advance_then_term(self, step, fields):
     if step == at_step:
         os.kill(os.getpid(), signal.SIGTERM)
 
+def term_during_validation(*args, **kwargs):
+    # The pipeline's validation before training passes no stop_requested; the loop's does.
+    if kwargs.get("stop_requested") and progress_step["now"] == at_step:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return original_evaluate(*args, **kwargs)
+
+progress_step = {"now": 0}
+def track_step(self, step, fields):
+    progress_step["now"] = step
+    original_advance(self, step, fields)
+
 if mode == "kill":
     checkpoint.save_checkpoint = save_then_die
+elif mode == "eval":
+    loop.evaluate_loss = term_during_validation
+    progress.TrainingProgress.advance_to = track_step
 else:
     progress.TrainingProgress.advance_to = advance_then_term
 from tunesmith.cli import app
@@ -48,7 +64,7 @@ def tunesmith(*args: str, cwd: Path, driver: tuple[str, int] | None = None):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("interrupt", [("kill", 4), ("term", 3)])
+@pytest.mark.parametrize("interrupt", [("kill", 4), ("term", 3), ("eval", 4)])
 def test_interrupted_and_resumed_equals_uninterrupted(run_setup, interrupt) -> None:
     config, workdir = run_setup
     whole = tunesmith("train", str(config), "--set", "output.name=whole", cwd=workdir)
@@ -61,10 +77,18 @@ def test_interrupted_and_resumed_equals_uninterrupted(run_setup, interrupt) -> N
     else:
         assert first.returncode == 143, first.stderr  # saved a checkpoint and stopped cleanly
     assert not (workdir / "runs" / "parts" / "final").exists()
+    if interrupt[0] == "eval":
+        assert "stopped during validation" in first.stdout + first.stderr
+        step_4 = workdir / "runs" / "parts" / "checkpoints" / "step-4" / "train_state.json"
+        assert json.loads(step_4.read_text())["loop"]["eval_pending"] is True
 
     second = tunesmith("train", str(config), *name, "--resume", "auto", cwd=workdir)
     assert second.returncode == 0, second.stderr
     assert f"at step {interrupt[1]}" in second.stdout
+
+    if interrupt[0] == "eval":
+        # The validation interrupted at step 4 ran once, on resume, as it did uninterrupted.
+        assert val_losses(workdir / "runs" / "parts") == val_losses(workdir / "runs" / "whole")
 
     expected = train_losses(workdir / "runs" / "whole")
     assert sorted(expected) == list(range(1, 7))

@@ -45,6 +45,8 @@ class LoopState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     nonfinite_in_a_row: int = 0
+    eval_pending: bool = False
+    """A stop arrived during this step's validation: the resumed run validates first."""
     val_history: list[tuple[int, float]] = field(default_factory=list)
     train_history: list[tuple[int, float]] = field(default_factory=list)
 
@@ -104,10 +106,13 @@ def evaluate_loss(
     device: torch.device,
     max_tokens_per_forward: int = 1 << 30,
     parallel: Parallel | None = None,
-) -> float:
+    stop_requested: Callable[[], bool] | None = None,
+) -> float | None:
     """Mean loss per trained token over a whole set (no sampling, deterministic).
 
     Every process evaluates the whole set, so all of them take the same decisions from it.
+    Returns None when ``stop_requested`` turns true between batches: a long validation pass
+    must not outlast a scheduler's grace period.
     """
     if not examples:
         return float("nan")
@@ -118,6 +123,9 @@ def evaluate_loss(
     ordered = sorted(range(len(examples)), key=lambda i: len(examples[i]))
     with torch.no_grad():
         for start in range(0, len(ordered), batch_size):
+            if stop_requested is not None and stop_requested():
+                model.train(was_training)
+                return None
             chunk = [examples[i] for i in ordered[start : start + batch_size]]
             batch = objective.collate(
                 chunk, pad_token_id=pad_token_id, pack=pack, row_length=row_length
@@ -262,7 +270,74 @@ def run_loop(
             if on_metrics is not None:
                 on_metrics(record)
 
-        while state.step < total_steps and not stopped_early:
+        def validate(train_loss: float) -> float | None:
+            """Evaluate, keep the best weights and decide early stopping; None if a stop
+            arrived meanwhile (then the checkpoint says so and the resumed run redoes it)."""
+            nonlocal best_state, stopped_early
+            val_loss = evaluate_loss(
+                model,
+                objective,
+                val_examples,
+                max_tokens_per_forward=settings.max_tokens_per_forward,
+                batch_size=settings.batch_size,
+                pad_token_id=pad_token_id,
+                pack=pack,
+                row_length=row_length,
+                device=device,
+                parallel=parallel,
+                stop_requested=stop_requested,
+            )
+            state.eval_pending = val_loss is None
+            if val_loss is None:
+                progress.message(f"step {state.step}: stopped during validation")
+                if save:
+                    save(state, optimizer, scheduler, None)
+                return None
+            state.val_history.append((state.step, val_loss))
+            emit({"step": state.step, "val_loss": val_loss})
+            progress.message(
+                f"step {state.step}: val_loss {val_loss:.4f}  train_loss {train_loss:.4f}"
+            )
+            improved = state.best_val_loss is None or (
+                val_loss < state.best_val_loss - settings.early_stopping_min_delta
+            )
+            if improved:
+                state.best_val_loss, state.best_step = val_loss, state.step
+                state.evals_without_improvement = 0
+                best_state = parallel.trainable_state()
+            else:
+                state.evals_without_improvement += 1
+            warning = overfitting_warning(state.val_history, state.train_history)
+            if warning and warning not in warnings:
+                warnings.append(warning)
+                progress.message(f"[yellow]warning:[/yellow] {warning}")
+            patience = settings.early_stopping_patience
+            if patience and state.evals_without_improvement >= patience:
+                stopped_early = True
+                progress.message(
+                    f"early stopping at step {state.step}: no improvement in {patience} "
+                    f"evaluations; best step {state.best_step} "
+                    f"(val_loss {state.best_val_loss:.4f})"
+                )
+            return val_loss
+
+        save_every = settings.save_every or settings.eval_every
+
+        def due_for_save() -> bool:
+            return bool(
+                save
+                and (state.step % save_every == 0 or state.step == total_steps or stopped_early)
+            )
+
+        if state.eval_pending:
+            # The run was stopped during this step's validation: finish it first.
+            last_train_loss = state.train_history[-1][1] if state.train_history else math.nan
+            if validate(last_train_loss) is None:
+                stopped_by_signal = True
+            elif due_for_save():
+                save(state, optimizer, scheduler, state.val_history[-1][1])
+
+        while state.step < total_steps and not stopped_early and not stopped_by_signal:
             step_started = time.perf_counter()
             if state.micro_batches_done_in_epoch >= len(order):
                 state.epoch += 1
@@ -352,50 +427,11 @@ def run_loop(
             should_eval = val_examples and (
                 state.step % settings.eval_every == 0 or state.step == total_steps
             )
-            val_loss = None
-            if should_eval:
-                val_loss = evaluate_loss(
-                    model,
-                    objective,
-                    val_examples,
-                    max_tokens_per_forward=settings.max_tokens_per_forward,
-                    batch_size=settings.batch_size,
-                    pad_token_id=pad_token_id,
-                    pack=pack,
-                    row_length=row_length,
-                    device=device,
-                    parallel=parallel,
-                )
-                state.val_history.append((state.step, val_loss))
-                emit({"step": state.step, "val_loss": val_loss})
-                progress.message(
-                    f"step {state.step}: val_loss {val_loss:.4f}  train_loss {loss_value:.4f}"
-                )
-                improved = state.best_val_loss is None or (
-                    val_loss < state.best_val_loss - settings.early_stopping_min_delta
-                )
-                if improved:
-                    state.best_val_loss, state.best_step = val_loss, state.step
-                    state.evals_without_improvement = 0
-                    best_state = parallel.trainable_state()
-                else:
-                    state.evals_without_improvement += 1
-                warning = overfitting_warning(state.val_history, state.train_history)
-                if warning and warning not in warnings:
-                    warnings.append(warning)
-                    progress.message(f"[yellow]warning:[/yellow] {warning}")
-                patience = settings.early_stopping_patience
-                if patience and state.evals_without_improvement >= patience:
-                    stopped_early = True
-                    progress.message(
-                        f"early stopping at step {state.step}: no improvement in {patience} "
-                        f"evaluations; best step {state.best_step} "
-                        f"(val_loss {state.best_val_loss:.4f})"
-                    )
-            save_every = settings.save_every or settings.eval_every
-            if save and (
-                state.step % save_every == 0 or state.step == total_steps or stopped_early
-            ):
+            val_loss = validate(loss_value) if should_eval else None
+            if should_eval and val_loss is None:
+                stopped_by_signal = True
+                break
+            if due_for_save():
                 save(state, optimizer, scheduler, val_loss)
             if stop_requested():
                 stopped_by_signal = True

@@ -4,10 +4,11 @@ Schedulers announce the end of a job with a signal and a grace period (SLURM
 ``#SBATCH --signal=TERM@300`` or ``--signal=USR1@300``, Kubernetes
 ``terminationGracePeriodSeconds``). The handler here only sets a flag: saving from inside a
 signal handler can interleave with a half-done optimizer step or a write already in progress.
-The loop polls ``stop.requested`` after every optimizer step (the only point where a
-checkpoint is exact), all processes agreeing, then saves and exits with
-``STOPPED_BY_SIGNAL_EXIT_CODE``. The grace period must therefore cover one optimizer step,
-plus a validation pass when one is due at that step.
+The loop polls ``stop.requested`` (all processes agreeing) after every optimizer step, the
+only point where a checkpoint is exact, and between the batches of a validation pass; a
+validation cut short is marked in the checkpoint and redone first on resume. Then it saves
+and exits with ``STOPPED_BY_SIGNAL_EXIT_CODE``: the grace period must cover one optimizer
+step and one checkpoint write.
 
 A second signal means "now": default handling comes back at once, so a second Ctrl-C raises
 ``KeyboardInterrupt`` and a second SIGTERM or SIGUSR1 kills the process as if no handler had
