@@ -5,9 +5,10 @@ on the same GSM8K examples (question -> user, answer -> assistant, loss on the
 answer only), batch 8, max length 512, the same number of optimizer steps, the
 same learning rate and schedule. TRL keeps its own defaults otherwise (no packing;
 it turns gradient checkpointing on). Each side runs in its own process so its
-peak RSS is its own. Printed: real (non-padding) tokens/s, peak RSS, final
-training loss, and the loss of both final adapters on the same held-out examples,
-scored by the same code.
+peak RSS is its own. Printed: real (non-padding) tokens/s, peak RSS (taken when
+training ends), the last training losses each trainer logged, and the loss of both
+final adapters on the training examples and on held-out ones, scored by the same code:
+the like-for-like check, since the two trainers order and batch the data differently.
 
     python benchmarks/vs_trl.py                 # 64 examples, 8 steps each
     python benchmarks/vs_trl.py --examples 256  # the issue's full setting (~25 min)
@@ -91,19 +92,25 @@ def run_tunesmith(examples: int, workdir: Path, overrides: list[str]) -> dict[st
         ],
     )
     summary = train(config, show_progress=False)
+    peak_rss = peak_rss_mb()
     lines = [json.loads(line) for line in (workdir / "tunesmith" / "metrics.jsonl").open()]
     losses = [line["train_loss"] for line in lines if "train_loss" in line]
+    from peft import PeftModel
+
+    from tunesmith.models import load_base_model
+
+    loaded = load_base_model(MODEL)
+    tuned = PeftModel.from_pretrained(loaded.model, summary.final_dir)
     return {
         "real_tokens_per_s": summary.real_tokens_per_second,
         "seconds": summary.seconds,
-        "final_train_loss": sum(losses[-2:]) / len(losses[-2:]),
-        "heldout_loss": summary.val_loss_after,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss,
+        "last_train_loss": sum(losses[-2:]) / len(losses[-2:]),
+        **_scored_losses(tuned, loaded.tokenizer, examples),
     }
 
 
 def run_trl(examples: int, workdir: Path, overrides: list[str]) -> dict[str, float]:
-    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -180,22 +187,31 @@ def run_trl(examples: int, workdir: Path, overrides: list[str]) -> dict[str, flo
 
     trainer.data_collator = counting_collator
     trainer.train()
+    peak_rss = peak_rss_mb()
     seconds = timing["end"] - timing["start"]
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    heldout = _heldout_loss(trainer.model, loaded.tokenizer, examples)
-    del torch
     return {
         "real_tokens_per_s": real_tokens["count"] / seconds,
         "seconds": seconds,
-        "final_train_loss": sum(losses[-2:]) / len(losses[-2:]),
-        "heldout_loss": heldout,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss,
+        "last_train_loss": sum(losses[-2:]) / len(losses[-2:]),
+        **_scored_losses(trainer.model, loaded.tokenizer, examples),
         "gradient_checkpointing": args.gradient_checkpointing,
     }
 
 
-def _heldout_loss(model, tokenizer, examples: int) -> float:
-    """The same held-out scoring tunesmith uses (assistant tokens only, mean per token)."""
+def _scored_losses(model, tokenizer, examples: int) -> dict[str, float]:
+    """Loss of a final adapter on the training and the held-out examples, scored the same
+    way for both trainers (assistant tokens only, mean per token)."""
+    return {
+        "train_set_loss": _loss_on(model, tokenizer, gsm8k_rows(examples)),
+        "heldout_loss": _loss_on(
+            model, tokenizer, gsm8k_rows(SETTINGS["heldout"], offset=examples)
+        ),
+    }
+
+
+def _loss_on(model, tokenizer, rows: list[dict[str, str]]) -> float:
     import torch
 
     from tunesmith.data.records import Conversation, Message, Source
@@ -205,18 +221,18 @@ def _heldout_loss(model, tokenizer, examples: int) -> float:
     records = [
         Conversation(
             (Message("user", row["question"]), Message("assistant", row["answer"])),
-            Source("heldout", index + 1),
+            Source("scored", index + 1),
         )
-        for index, row in enumerate(gsm8k_rows(SETTINGS["heldout"], offset=examples))
+        for index, row in enumerate(rows)
     ]
     objective = get_objective("sft")
-    heldout, _ = objective.tokenize(
+    scored, _ = objective.tokenize(
         tokenizer, records, max_length=SETTINGS["max_length"], on_overlength="drop"
     )
     return evaluate_loss(
         model,
         objective,
-        heldout,
+        scored,
         batch_size=SETTINGS["batch_size"],
         pad_token_id=tokenizer.pad_token_id,
         pack=True,
@@ -273,7 +289,8 @@ def main() -> None:
         ("real tokens/s", "real_tokens_per_s", "{:.1f}"),
         ("train seconds", "seconds", "{:.1f}"),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
-        ("final train loss", "final_train_loss", "{:.4f}"),
+        ("last train loss", "last_train_loss", "{:.4f}"),
+        ("train-set loss", "train_set_loss", "{:.4f}"),
         ("held-out loss", "heldout_loss", "{:.4f}"),
     ]
     print(f"{'':18} {'tunesmith':>12} {'TRL':>12} {'ratio':>8}")
