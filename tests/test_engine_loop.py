@@ -12,6 +12,7 @@ from tunesmith.data.tokenize import tokenize_conversations
 from tunesmith.engine.loop import TrainingError, backward_window, overfitting_warning, run_loop
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.methods import get_method
+from tunesmith.models import enable_gradient_checkpointing
 from tunesmith.objectives import get_objective
 
 QUESTIONS = [
@@ -76,6 +77,40 @@ def test_splitting_a_micro_batch_into_pieces_changes_nothing(tiny_tokenizer, tin
     assert loss_whole == pytest.approx(loss_split, abs=1e-5)
     for name in grads_whole:
         torch.testing.assert_close(grads_whole[name], grads_split[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("method", "dropout"), [("lora", 0.1), ("full", 0.0)])
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(
+    tiny_tokenizer, tiny_model, method, dropout, monkeypatch
+) -> None:
+    model = get_method(method).attach(tiny_model, MethodConfig(r=4, alpha=8, dropout=dropout))
+    model.train()  # checkpointing only acts in training mode; LoRA dropout masks must replay
+    data, pad = examples(tiny_tokenizer), tiny_tokenizer.pad_token_id
+    # Module hooks do not fire when a checkpoint recomputes, so count calls of forward itself.
+    mlp_calls = []
+    mlp_class = type(next(m for name, m in model.named_modules() if name.endswith("mlp")))
+    original_forward = mlp_class.forward
+
+    def counted_forward(self, hidden):
+        mlp_calls.append(1)
+        return original_forward(self, hidden)
+
+    monkeypatch.setattr(mlp_class, "forward", counted_forward)
+
+    torch.manual_seed(0)
+    loss_plain, grads_plain = gradients_after(model, [data], pad)
+    calls_plain = len(mlp_calls)
+    enable_gradient_checkpointing(model)
+    torch.manual_seed(0)
+    loss_checkpointed, grads_checkpointed = gradients_after(model, [data], pad)
+
+    layers = tiny_model.config.num_hidden_layers
+    assert calls_plain == layers
+    assert len(mlp_calls) - calls_plain == 2 * layers  # forward, then again during backward
+    assert loss_checkpointed == pytest.approx(loss_plain, abs=1e-6)
+    assert grads_plain.keys() == grads_checkpointed.keys() and grads_plain
+    for name in grads_plain:
+        torch.testing.assert_close(grads_checkpointed[name], grads_plain[name], atol=1e-6, rtol=0)
 
 
 def train_tiny(tokenizer, model, tmp_path: Path, learning_rate: float = 1e-2, **settings):

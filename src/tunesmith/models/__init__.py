@@ -3,9 +3,17 @@
 from tunesmith.models.loading import (
     LoadedModel,
     ModelError,
+    enable_gradient_checkpointing,
     load_base_model,
     pick_device,
     pick_dtype,
 )
 
-__all__ = ["LoadedModel", "ModelError", "load_base_model", "pick_device", "pick_dtype"]
+__all__ = [
+    "LoadedModel",
+    "ModelError",
+    "enable_gradient_checkpointing",
+    "load_base_model",
+    "pick_device",
+    "pick_dtype",
+]

@@ -90,3 +90,18 @@ def load_base_model(
     if device is not None and "quantization_config" not in from_pretrained_options:
         model.to(device)
     return LoadedModel(model=model, tokenizer=tokenizer, path=path)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Keep only each decoder layer's input and recompute the rest during backward: roughly
+    one more forward pass per step for activation memory that no longer grows with depth.
+
+    Non-reentrant checkpointing: a frozen embedding (LoRA and kin) needs no input-grad hook,
+    and dropout masks are replayed exactly, so the gradients equal those without it.
+    """
+    options = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the newer name
+    if enable is None:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    else:
+        enable(activation_checkpointing_kwargs=options)
