@@ -27,10 +27,10 @@ def save_then_die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return path
 
-def advance_then_term(self, step, fields):
+def advance_then_signal(self, step, fields):
     original_advance(self, step, fields)
     if step == at_step:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL if mode == "crash" else signal.SIGTERM)
 
 def term_during_validation(*args, **kwargs):
     # The pipeline's validation before training passes no stop_requested; the loop's does.
@@ -49,7 +49,7 @@ elif mode == "eval":
     loop.evaluate_loss = term_during_validation
     progress.TrainingProgress.advance_to = track_step
 else:
-    progress.TrainingProgress.advance_to = advance_then_term
+    progress.TrainingProgress.advance_to = advance_then_signal
 from tunesmith.cli import app
 app(sys.argv[3:], standalone_mode=True)
 """
@@ -64,7 +64,15 @@ def tunesmith(*args: str, cwd: Path, driver: tuple[str, int] | None = None):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("interrupt", [("kill", 4), ("term", 3), ("eval", 4)])
+def logged_steps(run_dir: Path) -> list[tuple[int, str]]:
+    """Every line of metrics.jsonl as (step, kind), duplicates and order kept."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(line["step"], "val" if "val_loss" in line else "train") for line in lines]
+
+
+# kill: SIGKILL right after the step-4 checkpoint; crash: SIGKILL at step 5, a step after
+# it; term: SIGTERM at step 3, an epoch boundary; eval: SIGTERM during step 4's validation.
+@pytest.mark.parametrize("interrupt", [("kill", 4), ("crash", 5), ("term", 3), ("eval", 4)])
 def test_interrupted_and_resumed_equals_uninterrupted(run_setup, interrupt) -> None:
     config, workdir = run_setup
     whole = tunesmith("train", str(config), "--set", "output.name=whole", cwd=workdir)
@@ -72,7 +80,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(run_setup, interrupt) -> N
 
     name = ["--set", "output.name=parts"]
     first = tunesmith("train", str(config), *name, cwd=workdir, driver=interrupt)
-    if interrupt[0] == "kill":
+    if interrupt[0] in ("kill", "crash"):
         assert first.returncode == -9
     else:
         assert first.returncode == 143, first.stderr  # saved a checkpoint and stopped cleanly
@@ -84,7 +92,12 @@ def test_interrupted_and_resumed_equals_uninterrupted(run_setup, interrupt) -> N
 
     second = tunesmith("train", str(config), *name, "--resume", "auto", cwd=workdir)
     assert second.returncode == 0, second.stderr
-    assert f"at step {interrupt[1]}" in second.stdout
+    resumed_at = 4 if interrupt[0] == "crash" else interrupt[1]  # the newest checkpoint
+    assert f"at step {resumed_at} of 6" in second.stdout
+    assert f"6 steps ({6 - resumed_at} after resuming at step {resumed_at})" in second.stdout
+    # The steps logged after the last checkpoint are not left in the log twice.
+    assert logged_steps(workdir / "runs" / "parts") == logged_steps(workdir / "runs" / "whole")
+    assert "validation loss" in second.stdout  # the summary still shows before → after
 
     if interrupt[0] == "eval":
         # The validation interrupted at step 4 ran once, on resume, as it did uninterrupted.
@@ -120,3 +133,42 @@ def test_resume_from_a_missing_checkpoint_is_a_clear_error(run_setup) -> None:
     result = tunesmith("train", str(config), "--resume", "runs/nowhere/step-9", cwd=workdir)
     assert result.returncode == 2
     assert "Can't find a valid checkpoint" in result.stderr
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(run_setup) -> None:
+    config, workdir = run_setup
+    assert tunesmith("train", str(config), cwd=workdir).returncode == 0
+    run = workdir / "runs" / "resume"
+    trained, log = adapter(run), (run / "metrics.jsonl").read_text()
+    again = tunesmith("train", str(config), "--resume", "auto", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    assert "nothing left to train" in again.stdout
+    assert "all 6 steps were already trained" in again.stdout
+    assert (run / "metrics.jsonl").read_text() == log
+    for key, value in trained.items():
+        assert torch.equal(adapter(run)[key], value), key
+
+
+@pytest.mark.parametrize(
+    ("change", "diff"),
+    [
+        (["--set", "train.learning_rate=0.02"], "learning_rate: saved 0.01 now 0.02"),
+        (["--set", "method.r=8"], "method.r: saved 4 now 8"),
+        (["--set", "train.max_steps=8"], "total_steps: saved 6 now 8"),
+        (["--set", "data.train=[facts-changed.jsonl]"], "data_fingerprint: saved"),
+    ],
+)
+def test_resume_refuses_changed_data_or_schedule_with_a_diff(run_setup, change, diff) -> None:
+    config, workdir = run_setup
+    rows = (workdir / "facts.jsonl").read_text().splitlines()
+    (workdir / "facts-changed.jsonl").write_text("\n".join(rows[:-1]) + "\n")
+    first = tunesmith("train", str(config), cwd=workdir, driver=("kill", 2))
+    assert first.returncode == -9
+    changed = tunesmith(
+        "train", str(config), "--set", "output.name=resume", *change, "--resume", "auto",
+        cwd=workdir,
+    )  # fmt: skip
+    assert changed.returncode == 2, changed.stderr
+    assert "Can't resume" in changed.stderr
+    assert diff in changed.stderr
+    assert "Traceback" not in changed.stderr

@@ -136,10 +136,15 @@ def train(
 
 
 def _print_train_summary(summary) -> None:
-    lines = [
-        f"[bold green]done[/bold green] in {summary.seconds:.0f} s, {summary.steps} steps, "
-        f"{summary.real_tokens_per_second:.0f} tokens/s while training",
-    ]
+    resumed = summary.resumed_at_step
+    if resumed is not None and resumed == summary.steps:
+        lines = [f"[bold green]done[/bold green]: all {summary.steps} steps were already trained"]
+    else:
+        lines = [
+            f"[bold green]done[/bold green] in {summary.seconds:.0f} s, {summary.steps} steps"
+            + (f" ({summary.steps - resumed} after resuming at step {resumed})" if resumed else "")
+            + f", {summary.real_tokens_per_second:.0f} tokens/s while training",
+        ]
     if summary.val_loss_before is not None and summary.val_loss_after is not None:
         lines.append(
             f"validation loss {summary.val_loss_before:.4f} → {summary.val_loss_after:.4f}"

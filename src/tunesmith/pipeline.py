@@ -32,7 +32,12 @@ from tunesmith.engine.signals import StopRequest
 from tunesmith.engine.threads import configure_threads
 from tunesmith.engine.trackers import Trackers
 from tunesmith.methods import count_parameters, get_method
-from tunesmith.models import load_base_model, pick_device, pick_dtype
+from tunesmith.models import (
+    enable_gradient_checkpointing,
+    load_base_model,
+    pick_device,
+    pick_dtype,
+)
 from tunesmith.objectives import (
     attach_objective_parameters,
     build_objective,
@@ -49,6 +54,8 @@ class TrainSummary:
     rank: int
     final_dir: Path
     steps: int
+    resumed_at_step: int | None
+    """The checkpoint's step when the run continued one; ``steps`` counts from zero."""
     seconds: float
     real_tokens_per_second: float
     val_loss_before: float | None
@@ -76,6 +83,22 @@ def _tokenize(objective, records, tokenizer, config: RunConfig, report) -> list:
     for reason, source in dropped:
         report.add_dropped(reason, source)
     return examples
+
+
+def _logged_val_loss_before_training(metrics: Path) -> float | None:
+    """The validation loss the run measured at step 0, before the stop it resumes from."""
+    if not metrics.exists():
+        return None
+    first = metrics.read_text(encoding="utf-8").partition("\n")[0]
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return None
+    return record.get("val_loss") if record.get("step") == 0 else None
+
+
+def _flattened(section: str, settings: dict[str, object]) -> dict[str, object]:
+    return {f"{section}.{key}": value for key, value in settings.items()}
 
 
 def _data_fingerprint(examples: list) -> str:
@@ -150,7 +173,7 @@ def train(
         )
 
     if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     trainable, total = count_parameters(model)
     parallel = build_parallel(strategy, model, objective, processes, method=method.name)
     pack = config.train.packing and config.method.name not in PROMPT_LEARNING_METHODS
@@ -178,14 +201,30 @@ def train(
         device=device,
         parallel=parallel,
     )
-    fingerprint = _data_fingerprint(train_examples)
+    plan = StepPlan(
+        config.train.batch_size,
+        config.train.gradient_accumulation,
+        world_size,
+        math.ceil(len(train_examples) / config.train.batch_size),
+    )
+    total_steps = plan.total_steps(config.train.epochs, config.train.max_steps)
+    # What a resumed run must share with the one that saved the checkpoint to continue it
+    # exactly: the data, the batches, the schedule, and what is trained.
     compat = {
-        "data_fingerprint": fingerprint,
+        "data_fingerprint": _data_fingerprint(train_examples),
         "effective_batch_size": effective,
         "micro_batch_size": config.train.batch_size,
         "gradient_accumulation": config.train.gradient_accumulation,
         "world_size": world_size,
         "strategy": parallel.name,
+        "seed": config.train.seed,
+        "total_steps": total_steps,
+        "learning_rate": learning_rate,
+        "lr_scheduler": config.train.lr_scheduler,
+        "warmup_ratio": config.train.warmup_ratio,
+        "model": str(config.model.name),
+        **_flattened("method", config.method.model_dump(mode="json")),
+        **_flattened("objective", config.objective.model_dump(mode="json")),
     }
 
     resume_from = ckpt.resolve_resume(paths.root, resume) if resume else None
@@ -202,7 +241,7 @@ def train(
             with paths.metrics.open("a") as stream:
                 stream.write(json.dumps({"step": 0, "val_loss": val_before}) + "\n")
     else:
-        val_before = None
+        val_before = _logged_val_loss_before_training(paths.metrics)
 
     def restore(optimizer, scheduler) -> tuple[LoopState, dict[str, torch.Tensor] | None]:
         if resume_from is None:
@@ -233,7 +272,13 @@ def train(
                 paths.checkpoints / f"step-{state.best_step}"
             ).trainable_state
         if rank == 0:
-            console.print(f"resumed from {resume_from} at step {state.step}")
+            console.print(f"resumed from {resume_from} at step {state.step} of {total_steps}")
+            if state.step >= total_steps and not state.eval_pending:
+                console.print(
+                    f"nothing left to train: the checkpoint completes the {total_steps} planned "
+                    "steps; final/ is written from it (raise train.max_steps or train.epochs "
+                    "with --resume-allow-mismatch to train further)"
+                )
         return state, best
 
     def save(state: LoopState, optimizer, scheduler, metric: float | None) -> None:
@@ -255,13 +300,6 @@ def train(
             ckpt.rotate_checkpoints(paths.root, config.train.keep_checkpoints, state.best_step)
         processes.barrier()
 
-    plan = StepPlan(
-        config.train.batch_size,
-        config.train.gradient_accumulation,
-        world_size,
-        math.ceil(len(train_examples) / config.train.batch_size),
-    )
-    total_steps = plan.total_steps(config.train.epochs, config.train.max_steps)
     trackers = Trackers(
         config.train.report_to if rank == 0 else [], paths.root, config.model_dump(mode="json")
     )
@@ -290,6 +328,14 @@ def train(
             on_metrics=trackers.log,
         )
     trackers.close()
+    resumed_at = result.state.step - result.steps_run if resume_from is not None else None
+    if not (result.stopped_early or result.stopped_by_signal) and result.state.step != total_steps:
+        # Never report success for a run that silently did less (or more) than planned.
+        raise TrainingError(
+            f"the run ended at step {result.state.step} of {total_steps} planned without "
+            "stopping early or by a signal; the checkpoints in "
+            f"{paths.checkpoints} are kept. Please report this with {paths.metrics}."
+        )
 
     finished = not result.stopped_by_signal
     if result.best_trainable_state is not None and finished:
@@ -314,6 +360,7 @@ def train(
         rank=rank,
         final_dir=paths.final,
         steps=result.state.step,
+        resumed_at_step=resumed_at,
         seconds=round(result.seconds, 2),
         real_tokens_per_second=round(result.real_tokens_per_second, 1),
         val_loss_before=val_before,

@@ -77,14 +77,6 @@ _RESUME_FIX = (
     "step-<N> folder that holds a valid COMPLETE.json."
 )
 
-DEFAULT_RESUME_KEYS = (
-    "data_fingerprint",
-    "effective_batch_size",
-    "micro_batch_size",
-    "gradient_accumulation",
-    "world_size",
-)
-
 
 class CheckpointError(Exception):
     """A checkpoint could not be written, found or trusted; the message names path and fix."""
@@ -358,21 +350,20 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
 
 
 def check_resume_compatible(
-    saved_train_state: Mapping[str, Any],
-    current: Mapping[str, Any],
-    keys: Iterable[str] = DEFAULT_RESUME_KEYS,
+    saved_train_state: Mapping[str, Any], current: Mapping[str, Any]
 ) -> None:
-    """Refuse to resume when data or batch geometry changed, with a diff of what changed.
+    """Refuse to resume when any setting in ``current`` differs from the one saved, with a
+    diff of what changed.
 
-    Exact resume only holds for the same data in the same order with the same batches; a
-    mismatch is an error the caller may downgrade (``--resume-allow-mismatch``) to a warning.
+    Exact resume only holds for the same data in the same order with the same batches and
+    schedule; a mismatch is an error the caller may downgrade (``--resume-allow-mismatch``)
+    to a warning. A key the checkpoint lacks counts as changed.
     """
     missing = "(missing)"
     differences = [
-        f"  {key}: saved {_short(saved_train_state.get(key, missing))} "
-        f"now {_short(current.get(key, missing))}"
-        for key in keys
-        if saved_train_state.get(key, missing) != current.get(key, missing)
+        f"  {key}: saved {_short(saved_train_state.get(key, missing))} now {_short(current[key])}"
+        for key in current
+        if saved_train_state.get(key, missing) != current[key]
     ]
     if differences:
         raise CheckpointError(

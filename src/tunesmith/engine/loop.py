@@ -257,6 +257,9 @@ def run_loop(
     # writes, so tokens/s stays comparable between runs that evaluate more or less often.
     training_seconds = 0.0
     samples_path = metrics_path.with_name(f"samples.rank{rank}.jsonl")
+    if start_step:
+        for log in [metrics_path, samples_path] if rank == 0 else [samples_path]:
+            rewind_log(log, start_step)
     with (
         metrics_path.open("a", encoding="utf-8") as metrics,
         samples_path.open("a", encoding="utf-8") as samples,
@@ -450,6 +453,27 @@ def run_loop(
         best_trainable_state=best_state,
         warnings=warnings,
     )
+
+
+def rewind_log(path: Path, step: int) -> None:
+    """Drop the lines of a JSON-lines log that lie beyond ``step``.
+
+    A run stopped after its last checkpoint logged steps the resumed run takes again; without
+    this the loss curve would hold them twice. A line cut short by a kill is dropped too.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    staged = path.with_name(path.name + ".rewind")
+    staged.write_text("".join(kept), encoding="utf-8")
+    staged.replace(path)
 
 
 def overfitting_warning(
