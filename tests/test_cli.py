@@ -159,3 +159,19 @@ def test_chat_keeps_the_conversation_and_ends_on_an_empty_line(run_setup) -> Non
     )
     assert result.exit_code == 0, result.output
     assert result.output.count("model> ") == 2
+
+
+def test_a_full_disk_stops_training_with_its_own_exit_code_and_the_numbers(
+    run_setup, monkeypatch
+) -> None:
+    from tunesmith.engine import checkpoint
+
+    config, workdir = run_setup
+    real_disk_usage = checkpoint.shutil.disk_usage
+    monkeypatch.setattr(
+        checkpoint.shutil, "disk_usage", lambda path: real_disk_usage(path)._replace(free=1000)
+    )
+    result = runner.invoke(app, ["train", str(config), "--set", f"output.dir={workdir}/runs"])
+    assert result.exit_code == checkpoint.DISK_FULL_EXIT_CODE == 74
+    assert "1000 bytes are free" in result.output
+    assert "step-2" in result.output and "Traceback" not in result.output

@@ -62,7 +62,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def friendly_errors(command: F) -> F:
-    """Errors the user can fix are printed plainly and exit 2, never as a traceback."""
+    """Errors the user can fix are printed plainly, never as a traceback, and exit 2 unless
+    the error names a code of its own (a full disk: 74)."""
 
     @functools.wraps(command)
     def wrapper(*args: object, **kwargs: object) -> object:
@@ -72,7 +73,7 @@ def friendly_errors(command: F) -> F:
             err_console.print(
                 f"[bold red]error:[/bold red] {escape(str(error))}", markup=True, highlight=False
             )
-            raise typer.Exit(EXIT_USER_ERROR) from None
+            raise typer.Exit(getattr(error, "exit_code", EXIT_USER_ERROR)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -81,8 +81,6 @@ _RESUME_FIX = (
 class CheckpointError(Exception):
     """A checkpoint could not be written, found or trusted; the message names path and fix."""
 
-    exit_code = 1
-
 
 class DiskFullError(CheckpointError):
     """The disk cannot hold the next checkpoint; older checkpoints were left untouched."""
