@@ -172,3 +172,17 @@ def test_resume_refuses_changed_data_or_schedule_with_a_diff(run_setup, change, 
     assert "Can't resume" in changed.stderr
     assert diff in changed.stderr
     assert "Traceback" not in changed.stderr
+
+
+def test_allow_mismatch_trains_a_finished_run_further_and_names_what_changed(run_setup) -> None:
+    config, workdir = run_setup
+    assert tunesmith("train", str(config), cwd=workdir).returncode == 0
+    further = tunesmith(
+        "train", str(config), "--set", "train.max_steps=8", "--resume", "auto",
+        "--resume-allow-mismatch", cwd=workdir,
+    )  # fmt: skip
+    assert further.returncode == 0, further.stderr
+    assert "no longer an exact continuation" in further.stdout
+    assert "total_steps: saved 6 now 8" in further.stdout
+    assert "8 steps (2 after resuming at step 6)" in further.stdout
+    assert sorted(train_losses(workdir / "runs" / "resume")) == list(range(1, 9))

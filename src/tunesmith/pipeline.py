@@ -247,14 +247,12 @@ def train(
         if resume_from is None:
             return LoopState(), None
         saved = ckpt.load_checkpoint(resume_from)
-        try:
+        if not allow_mismatch:
             ckpt.check_resume_compatible(saved.train_state, compat)
-        except ckpt.CheckpointError:
-            if not allow_mismatch:
-                raise
+        elif (differences := ckpt.resume_differences(saved.train_state, compat)) and rank == 0:
             console.print(
-                "[yellow]warning:[/yellow] resuming although data or batch settings changed; "
-                "the run is no longer an exact continuation"
+                "[yellow]warning:[/yellow] resuming although these changed; the run is no "
+                "longer an exact continuation:\n" + "\n".join(differences)
             )
         parallel.load_trainable_state(saved.trainable_state)
         parallel.load_optimizer_state(optimizer, saved.optimizer_state)
@@ -329,8 +327,8 @@ def train(
         )
     trackers.close()
     resumed_at = result.state.step - result.steps_run if resume_from is not None else None
-    if not (result.stopped_early or result.stopped_by_signal) and result.state.step != total_steps:
-        # Never report success for a run that silently did less (or more) than planned.
+    if not (result.stopped_early or result.stopped_by_signal) and result.state.step < total_steps:
+        # Never report success for a run that silently did less than planned.
         raise TrainingError(
             f"the run ended at step {result.state.step} of {total_steps} planned without "
             "stopping early or by a signal; the checkpoints in "

@@ -347,6 +347,19 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
     return path
 
 
+def resume_differences(
+    saved_train_state: Mapping[str, Any], current: Mapping[str, Any]
+) -> list[str]:
+    """One line per setting in ``current`` that differs from the one saved (a key the
+    checkpoint lacks counts as changed)."""
+    missing = "(missing)"
+    return [
+        f"  {key}: saved {_short(saved_train_state.get(key, missing))} now {_short(current[key])}"
+        for key in current
+        if saved_train_state.get(key, missing) != current[key]
+    ]
+
+
 def check_resume_compatible(
     saved_train_state: Mapping[str, Any], current: Mapping[str, Any]
 ) -> None:
@@ -355,14 +368,9 @@ def check_resume_compatible(
 
     Exact resume only holds for the same data in the same order with the same batches and
     schedule; a mismatch is an error the caller may downgrade (``--resume-allow-mismatch``)
-    to a warning. A key the checkpoint lacks counts as changed.
+    to a warning.
     """
-    missing = "(missing)"
-    differences = [
-        f"  {key}: saved {_short(saved_train_state.get(key, missing))} now {_short(current[key])}"
-        for key in current
-        if saved_train_state.get(key, missing) != current[key]
-    ]
+    differences = resume_differences(saved_train_state, current)
     if differences:
         raise CheckpointError(
             "Can't resume: the run differs from the one that saved the checkpoint, so the "
