@@ -85,6 +85,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(run_setup, interrupt) -> N
     else:
         assert first.returncode == 143, first.stderr  # saved a checkpoint and stopped cleanly
     assert not (workdir / "runs" / "parts" / "final").exists()
+    saved = workdir / "runs" / "parts" / "checkpoints" / "step-2"
+    assert {"COMPLETE.json", "trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"} <= {
+        path.name for path in saved.iterdir()
+    }
+    train_state = json.loads((saved / "train_state.json").read_text())
+    assert train_state["config"]["train"]["gradient_accumulation"] == 2  # the resolved config
+    assert len(train_state["data_fingerprint"]) == 16
+    assert train_state["loop"]["step"] == 2 and train_state["loop"]["tokens_seen"] > 0
     if interrupt[0] == "eval":
         assert "stopped during validation" in first.stdout + first.stderr
         step_4 = workdir / "runs" / "parts" / "checkpoints" / "step-4" / "train_state.json"

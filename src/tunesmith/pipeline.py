@@ -292,7 +292,11 @@ def train(
                 optimizer_state=optimizer_state,
                 scheduler=scheduler,
                 rng=rng_states,
-                train_state={**compat, "loop": state.to_dict()},
+                train_state={
+                    **compat,
+                    "loop": state.to_dict(),
+                    "config": config.model_dump(mode="json"),
+                },
                 metric=metric,
             )
             ckpt.rotate_checkpoints(paths.root, config.train.keep_checkpoints, state.best_step)
