@@ -82,6 +82,11 @@ class StepPlan:
     world_size: int
     micro_batches_per_epoch: int
 
+    @classmethod
+    def of(cls, settings: TrainConfig, examples: int, world_size: int) -> StepPlan:
+        micro_batches = math.ceil(examples / settings.batch_size)
+        return cls(settings.batch_size, settings.gradient_accumulation, world_size, micro_batches)
+
     @property
     def micro_batches_per_step(self) -> int:
         return self.accumulation * self.world_size
@@ -92,6 +97,13 @@ class StepPlan:
 
     def total_steps(self, epochs: float, max_steps: int | None) -> int:
         return max_steps if max_steps else max(1, math.ceil(epochs * self.steps_per_epoch))
+
+
+def planned_steps(settings: TrainConfig, examples: int, world_size: int) -> int:
+    """The optimizer steps a run of ``examples`` training examples takes."""
+    return StepPlan.of(settings, examples, world_size).total_steps(
+        settings.epochs, settings.max_steps
+    )
 
 
 def evaluate_loss(
@@ -225,11 +237,8 @@ def run_loop(
     parallel = parallel or Replicated(model, objective, Processes())
     world_size, rank = parallel.processes.world_size, parallel.processes.rank
     lengths = [len(example) for example in train_examples]
-    micro_per_epoch = math.ceil(len(train_examples) / settings.batch_size)
-    plan = StepPlan(
-        settings.batch_size, settings.gradient_accumulation, world_size, micro_per_epoch
-    )
-    total_steps = plan.total_steps(settings.epochs, settings.max_steps)
+    plan = StepPlan.of(settings, len(train_examples), world_size)
+    total_steps = planned_steps(settings, len(train_examples), world_size)
 
     parameters = [p for p in parallel.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
