@@ -129,6 +129,8 @@ def train(
     threads = configure_threads(config.train.threads, processes.local_world_size)
     paths = RunPaths(config.run_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
+    # Before any model or data is loaded: a wrong --resume path fails in a second.
+    resume_from = ckpt.resolve_resume(paths.root, resume) if resume else None
     if rank == 0:
         paths.config.write_text(config.to_yaml(), encoding="utf-8")
 
@@ -226,7 +228,6 @@ def train(
         **_flattened("objective", config.objective.model_dump(mode="json")),
     }
 
-    resume_from = ckpt.resolve_resume(paths.root, resume) if resume else None
     if resume and resume_from is None and rank == 0:
         console.print(f"no complete checkpoint in {paths.checkpoints}: starting fresh")
     if resume_from is None:
