@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tunesmith.config import ConfigError, load_config
+from tunesmith.errors import TunesmithError
 from tunesmith.quiet import quiet_third_party
 
 quiet_third_party()
@@ -30,35 +31,7 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
-EXIT_USER_ERROR = 2
 F = TypeVar("F", bound=Callable[..., object])
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from tunesmith.data.tokenize import TokenizeError
-    from tunesmith.data.validate import DataError
-    from tunesmith.engine.checkpoint import CheckpointError
-    from tunesmith.engine.loop import TrainingError
-    from tunesmith.engine.parallel import ParallelError
-    from tunesmith.engine.trackers import TrackerError
-    from tunesmith.methods import MethodError
-    from tunesmith.models import ModelError
-    from tunesmith.objectives import ObjectiveError
-    from tunesmith.runs import RunError
-
-    return (
-        ConfigError,
-        DataError,
-        TokenizeError,
-        ModelError,
-        MethodError,
-        ObjectiveError,
-        RunError,
-        CheckpointError,
-        TrainingError,
-        TrackerError,
-        ParallelError,
-    )
 
 
 def friendly_errors(command: F) -> F:
@@ -69,11 +42,11 @@ def friendly_errors(command: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return command(*args, **kwargs)
-        except _user_errors() as error:
+        except TunesmithError as error:
             err_console.print(
                 f"[bold red]error:[/bold red] {escape(str(error))}", markup=True, highlight=False
             )
-            raise typer.Exit(getattr(error, "exit_code", EXIT_USER_ERROR)) from None
+            raise typer.Exit(error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tunesmith.errors import TunesmithError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 MethodName = Literal[
@@ -22,7 +24,7 @@ MethodName = Literal[
 ObjectiveName = Literal["sft", "pretrain", "dpo", "ipo", "orpo", "reward", "rlhf", "distill"]
 
 
-class ConfigError(Exception):
+class ConfigError(TunesmithError):
     """A config the user must fix; the message names the key, the allowed values and the fix."""
 
 

@@ -14,11 +14,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunesmith.config import ConfigError, RunConfig
+from tunesmith.errors import TunesmithError
 from tunesmith.methods import get_method
 from tunesmith.models import load_base_model, pick_device
 
 
-class RunError(Exception):
+class RunError(TunesmithError):
     """A run directory that is missing or incomplete; the message says what to run first."""
 
 

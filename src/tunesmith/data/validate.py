@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from tunesmith.data.records import ROLES
+from tunesmith.errors import TunesmithError
 
 Severity = Literal["error", "warning"]
 
@@ -68,7 +69,7 @@ class Problem:
         return asdict(self)
 
 
-class DataError(Exception):
+class DataError(TunesmithError):
     """The input data has error-level problems; carries all of them (and the report if built).
 
     ``str()`` is meant to be printed to the user as is: a listing of the

@@ -52,6 +52,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from tunesmith.errors import TunesmithError
+
 CHECKPOINTS_DIRNAME = "checkpoints"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -78,7 +80,7 @@ _RESUME_FIX = (
 )
 
 
-class CheckpointError(Exception):
+class CheckpointError(TunesmithError):
     """A checkpoint could not be written, found or trusted; the message names path and fix."""
 
 

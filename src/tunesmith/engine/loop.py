@@ -26,10 +26,11 @@ from tunesmith.data.batching import epoch_order
 from tunesmith.engine.parallel import Parallel, Processes, Replicated
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.engine.schedule import build_scheduler
+from tunesmith.errors import TunesmithError
 from tunesmith.objectives import Objective
 
 
-class TrainingError(Exception):
+class TrainingError(TunesmithError):
     """Training could not continue (e.g. repeated non-finite loss); the message says why."""
 
 

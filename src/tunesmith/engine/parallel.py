@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from tunesmith.errors import TunesmithError
+
 STRATEGIES = ("ddp", "fsdp")
 FSDP_METHODS = ("full", "freeze", "lora", "dora", "ia3", "adapter")
 """Methods whose parameters are plain tensors; QLoRA's 4-bit weights and the virtual-token
@@ -35,7 +37,7 @@ FSDP_OBJECTIVES = ("sft", "pretrain", "distill", "dpo", "ipo", "orpo")
 number of generation steps differs between processes."""
 
 
-class ParallelError(Exception):
+class ParallelError(TunesmithError):
     """The requested multi-process setup can't run; the message names the fix."""
 
 

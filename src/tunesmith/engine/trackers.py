@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from tunesmith.errors import TunesmithError
 
-class TrackerError(Exception):
+
+class TrackerError(TunesmithError):
     """A tracker was asked for but its package is not installed."""
 
 

@@ -15,9 +15,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunesmith.data.records import Conversation, Message
+from tunesmith.errors import TunesmithError
 
 
-class EvaluationDataError(ValueError):
+class EvaluationDataError(TunesmithError, ValueError):
     """A test or few-shot item that cannot be evaluated; the message names file:line and the fix."""
 
 

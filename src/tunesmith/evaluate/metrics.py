@@ -26,12 +26,13 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
 from tunesmith.data.records import Conversation
+from tunesmith.errors import TunesmithError
 
 Aggregate = Callable[[np.ndarray], np.ndarray]
 """Maps summed statistics of shape ``(..., k)`` to metric values of shape ``(...)``."""
 
 
-class UnknownMetricError(ValueError):
+class UnknownMetricError(TunesmithError, ValueError):
     """A metric name that is not in the registry; the message lists the known names."""
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.metrics import perplexity_from_nll
 
 DEFAULT_FORGETTING_THRESHOLD = 0.10
 DEFAULT_WINDOW = 512
 
 
-class ForgettingTextError(ValueError):
+class ForgettingTextError(TunesmithError, ValueError):
     """The reference text for the forgetting check is missing or too short to measure."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from tunesmith.data.records import Conversation
+from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.compare import Comparison
 from tunesmith.evaluate.generate import split_prompt_and_reference
 from tunesmith.evaluate.perplexity import ForgettingCheck
@@ -30,7 +31,7 @@ NEUTRAL = "#9a6700"
 SYSTEM_COLOURS = ["#8c959f", "#54aeff", "#1a7f37", "#bf8700", "#8250df"]
 
 
-class ReportInputError(ValueError):
+class ReportInputError(TunesmithError, ValueError):
     """An input of the report (metrics.jsonl) is malformed; the message names file and line."""
 
 

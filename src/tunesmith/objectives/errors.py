@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tunesmith.errors import TunesmithError
 
-class ObjectiveError(Exception):
+
+class ObjectiveError(TunesmithError):
     """An objective that is unknown or cannot run with the given data/method; says the fix."""
