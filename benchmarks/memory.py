@@ -43,7 +43,7 @@ def child(method: str, steps: int, out: Path) -> None:
     from tunesmith.config import load_config
     from tunesmith.methods import get_method
     from tunesmith.models import load_base_model
-    from tunesmith.pipeline import train
+    from tunesmith.api import train
 
     with tempfile.TemporaryDirectory() as scratch:
         config = load_config(

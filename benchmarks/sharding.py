@@ -37,18 +37,17 @@ def local_bytes(tensors) -> int:
 def worker(strategy: str, steps: int) -> None:
     import torch
 
-    from tunesmith.config import MethodConfig
     from tunesmith.data.load import prepare_records
     from tunesmith.engine.loop import backward_window
     from tunesmith.engine.parallel import Processes, build_parallel
-    from tunesmith.methods import get_method
+    from tunesmith.methods import get_method, method_settings
     from tunesmith.models import load_base_model
     from tunesmith.objectives import get_objective
 
     processes = Processes.join()
     torch.manual_seed(0)
     loaded = load_base_model("smollm2-135m-instruct")
-    model = get_method("full").attach(loaded.model, MethodConfig())
+    model = get_method("full").attach(loaded.model, method_settings("full"))
     objective = get_objective("sft")
     parallel = build_parallel(strategy, model, objective, processes, method="full")
     records = prepare_records([DATA], split=(1.0, 0.0, 0.0)).train

@@ -51,7 +51,7 @@ def peak_rss_mb() -> float:
 
 def run_tunesmith(examples: int, workdir: Path, overrides: list[str]) -> dict[str, float]:
     from tunesmith.config import load_config
-    from tunesmith.pipeline import train
+    from tunesmith.api import train
 
     data = workdir / "train.jsonl"
     data.write_text(

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from tunesmith.chat import reply
 from tunesmith.config import load_config
-from tunesmith.pipeline import train
+from tunesmith.api import train
 from tunesmith.quiet import quiet_third_party
 from tunesmith.runs import load_trained
 

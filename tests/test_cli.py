@@ -140,7 +140,7 @@ def test_merge_of_prompt_tuning_explains_why_not(run_setup) -> None:
     config, workdir = run_setup
     out = workdir / "runs"
     trained = runner.invoke(
-        app, ["train", str(config), "--set", f"output.dir={out}", "--set", "method.name=prompt"]
+        app, ["train", str(config), "--set", f"output.dir={out}", "--set", "method={name: prompt}"]
     )
     assert trained.exit_code == 0, trained.output
     result = runner.invoke(app, ["merge", str(out / "resume")])

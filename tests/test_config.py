@@ -36,8 +36,30 @@ def test_bad_choice_lists_allowed_values_and_suggests() -> None:
     with pytest.raises(ConfigError) as error:
         load_config(None, ["method.name=lorra"])
     message = str(error.value)
-    assert "method.name" in message and "'qlora'" in message
+    assert "method.name" in message and "qlora" in message
     assert "Did you mean 'lora'?" in message
+
+
+def test_a_setting_the_chosen_method_lacks_is_an_error_naming_it() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["method.name=ia3", "method.r=64"])
+    assert "method.r: unknown key. method ia3 has no such setting" in str(error.value)
+    with pytest.raises(ConfigError, match="objective sft has no such setting"):
+        load_config(None, ["objective.beta=0.3"])
+    assert load_config(None, ["method.r=8"]).method.r == 8  # the default method's knob
+
+
+def test_enum_like_settings_are_checked_when_the_config_loads() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'accuracy'"):
+        load_config(None, ["eval.metrics=[acuracy]"])
+    with pytest.raises(ConfigError, match="Did you mean 'chat'"):
+        load_config(None, ["data.format=chatt"])
+
+
+def test_a_single_path_means_a_list_of_one() -> None:
+    config = load_config(None, ["data.test=held.jsonl", "data.train=train.jsonl"])
+    assert config.data.test == [Path("held.jsonl")] and config.data.train == [Path("train.jsonl")]
+    assert config.run_dir == Path("runs/train")
 
 
 def test_bad_type_and_bad_override_syntax() -> None:

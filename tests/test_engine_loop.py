@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunesmith.config import MethodConfig, TrainConfig
+from tunesmith.config import TrainConfig
 from tunesmith.data.records import Conversation, Message, Source
 from tunesmith.data.tokenize import tokenize_conversations
 from tunesmith.engine.loop import TrainingError, backward_window, overfitting_warning, run_loop
 from tunesmith.engine.progress import TrainingProgress
-from tunesmith.methods import get_method
+from tunesmith.methods import get_method, method_settings
 from tunesmith.models import enable_gradient_checkpointing
 from tunesmith.objectives import get_objective
 
@@ -83,7 +83,7 @@ def test_splitting_a_micro_batch_into_pieces_changes_nothing(tiny_tokenizer, tin
 def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(
     tiny_tokenizer, tiny_model, method, dropout, monkeypatch
 ) -> None:
-    model = get_method(method).attach(tiny_model, MethodConfig(r=4, alpha=8, dropout=dropout))
+    model = get_method(method).attach(tiny_model, method_settings(r=4, alpha=8, dropout=dropout))
     model.train()  # checkpointing only acts in training mode; LoRA dropout masks must replay
     data, pad = examples(tiny_tokenizer), tiny_tokenizer.pad_token_id
     # Module hooks do not fire when a checkpoint recomputes, so count calls of forward itself.
@@ -142,7 +142,7 @@ def test_lora_training_lowers_loss_and_touches_only_the_adapter(
     # move; larger embeddings give LoRA something to steer.
     with torch.no_grad():
         tiny_model.get_input_embeddings().weight.mul_(10)
-    model = get_method("lora").attach(tiny_model, MethodConfig(r=8, alpha=64, dropout=0.0))
+    model = get_method("lora").attach(tiny_model, method_settings(r=8, alpha=64, dropout=0.0))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     result = train_tiny(tiny_tokenizer, model, tmp_path, max_steps=40, early_stopping_patience=None)
@@ -164,7 +164,7 @@ def test_lora_training_lowers_loss_and_touches_only_the_adapter(
 
 def test_early_stopping_keeps_the_best_step(tiny_tokenizer, tiny_model, tmp_path) -> None:
     # A huge learning rate makes validation loss worsen: the run must stop and keep the best.
-    model = get_method("lora").attach(tiny_model, MethodConfig(r=8, dropout=0.0))
+    model = get_method("lora").attach(tiny_model, method_settings(r=8, dropout=0.0))
     result = train_tiny(
         tiny_tokenizer,
         model,
@@ -229,7 +229,7 @@ def run_poisoned(tokenizer, model, tmp_path, poisoned: set[int], steps: int):
 def test_nonfinite_step_is_skipped_named_and_leaves_weights_alone(
     tiny_tokenizer, tiny_model, tmp_path
 ) -> None:
-    model = get_method("lora").attach(tiny_model, MethodConfig(r=4, dropout=0.0))
+    model = get_method("lora").attach(tiny_model, method_settings(r=4, dropout=0.0))
     # One micro-batch per step here: call 2 is step 2.
     result = run_poisoned(tiny_tokenizer, model, tmp_path, {2}, steps=3)
     assert result.state.step == 3  # the poisoned window was skipped, then training went on
@@ -241,7 +241,7 @@ def test_nonfinite_step_is_skipped_named_and_leaves_weights_alone(
 
 
 def test_repeated_nonfinite_steps_stop_the_run(tiny_tokenizer, tiny_model, tmp_path) -> None:
-    model = get_method("lora").attach(tiny_model, MethodConfig(r=4, dropout=0.0))
+    model = get_method("lora").attach(tiny_model, method_settings(r=4, dropout=0.0))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with pytest.raises(TrainingError, match="3 non-finite steps in a row"):
         run_poisoned(tiny_tokenizer, model, tmp_path, {1, 2, 3}, steps=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -86,16 +87,14 @@ def train(
         raise ConfigError(
             "no training data: pass --data FILE or set data.train in the config file."
         )
-    if run_config.output.name is None:
-        run_config.output.name = run_config.data.train[0].stem
     if not evaluate:
         run_config.eval.enabled = False
 
-    from tunesmith.pipeline import train as run_training
+    from tunesmith import api
 
     if os.environ.get("RANK", "0") == "0":
         console.print(f"[bold]tunesmith train[/bold] → {run_config.run_dir}")
-    summary = run_training(
+    summary = api.train(
         run_config, resume=resume, allow_mismatch=resume_allow_mismatch, console=console
     )
     if summary.rank != 0:  # the other processes of a multi-process run have nothing to add
@@ -137,11 +136,11 @@ def _print_train_summary(summary) -> None:
 
 
 def _run_evaluation(run_dir: Path, **options: object) -> None:
+    from tunesmith import api
     from tunesmith.evaluate.compare import print_comparison
-    from tunesmith.evaluate.stage import evaluate_run
 
     console.print(f"[bold]evaluating[/bold] {run_dir}: base zero-shot, base few-shot, fine-tuned")
-    result = evaluate_run(run_dir, **options)
+    result = api.evaluate(run_dir, **options)
     print_comparison(result.comparison, console)
     if result.forgetting is not None:
         check = result.forgetting
@@ -217,17 +216,11 @@ def merge(
     ] = None,
 ) -> None:
     """Fold the trained adapter into the base weights: a plain model any tool loads."""
-    from tunesmith.methods import get_method
-    from tunesmith.runs import RunPaths, load_trained
+    from tunesmith import api
 
-    trained = load_trained(run_dir)
-    method = get_method(trained.config.method.name)
-    target = out or RunPaths(run_dir).root / "merged"
-    merged = method.merge(trained.model)
-    merged.save_pretrained(target, safe_serialization=True)
-    trained.tokenizer.save_pretrained(target)
+    target = api.merge(run_dir, out)
     console.print(
-        f"merged {method.name} into the base model: {target}\n"
+        f"merged {run_dir} into the base model: {target}\n"
         f"load it with AutoModelForCausalLM.from_pretrained({str(target)!r})"
     )
 
@@ -241,20 +234,20 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     base: Annotated[
-        bool, typer.Option("--base", help="Answer with the base model (adapter disabled).")
+        bool, typer.Option("--base", help="Answer with the untrained base model instead.")
     ] = False,
 ) -> None:
     """Answer one prompt with the fine-tuned model, streaming tokens."""
     from tunesmith.chat import reply
-    from tunesmith.runs import load_trained
+    from tunesmith.runs import base_model_of, load_trained
 
     trained = load_trained(run_dir)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}
     ]
-    with _maybe_base(trained.model, base):
+    with base_model_of(trained) if base else contextlib.nullcontext(trained.model) as model:
         reply(
-            trained.model,
+            model,
             trained.tokenizer,
             messages,
             max_new_tokens=max_new_tokens,
@@ -271,14 +264,24 @@ def chat(
     system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Generation length limit per reply.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    base: Annotated[
+        bool, typer.Option("--base", help="Talk to the untrained base model instead.")
+    ] = False,
 ) -> None:
     """Talk to the fine-tuned model. Empty line or Ctrl-D ends; /reset clears the history."""
-    from tunesmith.chat import reply
-    from tunesmith.runs import load_trained
+    from tunesmith.runs import base_model_of, load_trained
 
     trained = load_trained(run_dir)
+    who = "the base model of " if base else ""
+    console.print(f"chatting with {who}{run_dir} ([dim]empty line or Ctrl-D to quit, /reset[/dim])")
+    with base_model_of(trained) if base else contextlib.nullcontext(trained.model) as model:
+        _chat_loop(model, trained.tokenizer, system, max_new_tokens, temperature)
+
+
+def _chat_loop(model, tokenizer, system: str | None, max_new_tokens: int, temperature: float):
+    from tunesmith.chat import reply
+
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    console.print(f"chatting with {run_dir} ([dim]empty line or Ctrl-D to quit, /reset[/dim])")
     while True:
         try:
             text = input("you> ").strip()
@@ -292,8 +295,8 @@ def chat(
         history.append({"role": "user", "content": text})
         sys.stdout.write("model> ")
         answer = reply(
-            trained.model,
-            trained.tokenizer,
+            model,
+            tokenizer,
             history,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -306,14 +309,6 @@ def chat(
 def _write_stdout(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
-
-
-def _maybe_base(model, base: bool):
-    import contextlib
-
-    if base and hasattr(model, "disable_adapter"):
-        return model.disable_adapter()
-    return contextlib.nullcontext()
 
 
 def _mount_subcommands() -> None:

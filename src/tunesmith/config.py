@@ -9,19 +9,33 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from tunesmith.data.formats import FORMATS
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import DEFAULT_METHOD, METHODS, get_method
+from tunesmith.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-MethodName = Literal[
-    "full", "lora", "dora", "qlora", "prefix", "prompt", "ia3", "adapter", "freeze"
-]
-ObjectiveName = Literal["sft", "pretrain", "dpo", "ipo", "orpo", "reward", "rlhf", "distill"]
+
+def _union_on_name(settings: list[type[BaseModel]]) -> Any:
+    """The registered settings models as one pydantic union, told apart by ``name``."""
+    return Annotated[Union[tuple(settings)], Field(discriminator="name")]  # noqa: UP007
+
+
+MethodSettingsUnion = _union_on_name([m.settings for m in METHODS.values()])
+ObjectiveSettingsUnion = _union_on_name([o.settings for o in OBJECTIVES.values()])
 
 
 class ConfigError(TunesmithError):
@@ -59,7 +73,7 @@ class DataConfig(_Section):
     test: list[Path] | None = Field(
         None, description="Held-out test files; carved from train when absent."
     )
-    format: str = Field(
+    format: Literal["auto", *FORMATS] = Field(  # type: ignore[valid-type]
         "auto", description="Input format, or 'auto' to detect from the records' keys."
     )
     split: tuple[float, float, float] = Field(
@@ -74,58 +88,17 @@ class DataConfig(_Section):
         "turns, or stop. The final assistant reply is never cut.",
     )
 
+    @field_validator("train", "validation", "test", mode="before")
+    @classmethod
+    def _one_path_is_a_list_of_one(cls, value: object) -> object:
+        return [value] if isinstance(value, str | Path) else value
+
     @field_validator("split")
     @classmethod
     def _split_sums_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
             raise ValueError(f"fractions must be >= 0 and sum to 1, got {list(value)}")
         return value
-
-
-class MethodConfig(_Section):
-    name: MethodName = Field("lora", description="How the base model is adapted.")
-    r: int = Field(16, ge=1, description="LoRA/DoRA/QLoRA rank.")
-    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Modules to adapt: 'all-linear' or names like [q_proj, v_proj]."
-    )
-    num_virtual_tokens: int = Field(20, ge=1, description="Prefix/prompt tuning: virtual tokens.")
-    adapter_size: int = Field(64, ge=1, description="Adapter layers: bottleneck width.")
-    adapter_activation: Literal["silu", "gelu", "relu", "linear"] = Field(
-        "silu",
-        description="Adapter layers: bottleneck nonlinearity. 'linear' is less expressive but "
-        "merges exactly into the base weights (export to GGUF/vLLM needs a merge).",
-    )
-    trainable_layers: int = Field(
-        2, ge=0, description="freeze: number of last transformer blocks to train."
-    )
-    train_head: bool = Field(False, description="freeze: also train the LM head/embeddings.")
-
-
-class ObjectiveConfig(_Section):
-    name: ObjectiveName = Field("sft", description="What the loss rewards.")
-    beta: float = Field(
-        0.1,
-        gt=0,
-        description="dpo/ipo/orpo: preference strength (higher stays closer to the reference); "
-        "rlhf: weight of the KL penalty to the reference.",
-    )
-    teacher: str | None = Field(None, description="distill: teacher model name or dir.")
-    temperature: float = Field(2.0, gt=0, description="distill: softmax temperature.")
-    alpha: float = Field(0.5, ge=0, le=1, description="distill: weight of the KD term vs SFT.")
-    reward_model: Path | None = Field(
-        None, description="rlhf: run directory of a finished `objective: reward` run."
-    )
-    group_size: int = Field(
-        4, ge=2, description="rlhf: completions sampled per prompt (advantages are group-relative)."
-    )
-    max_new_tokens: int = Field(
-        32, ge=1, description="rlhf: longest sampled completion, in tokens."
-    )
-    clip_range: float = Field(
-        0.2, gt=0, lt=1, description="rlhf: policy-ratio clipping epsilon (PPO/GRPO)."
-    )
 
 
 class TrainConfig(_Section):
@@ -198,6 +171,19 @@ class EvalConfig(_Section):
     metrics: list[str] | None = Field(
         None, description="Metric names; chosen from the data if unset."
     )
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
+        from tunesmith.evaluate.metrics import METRICS
+
+        for name in names or []:
+            if name not in METRICS:
+                hint = difflib.get_close_matches(name, list(METRICS), n=1)
+                fix = f" Did you mean {hint[0]!r}?" if hint else ""
+                raise ValueError(f"unknown metric {name!r}; use {', '.join(METRICS)}.{fix}")
+        return names
+
     k_shot: int = Field(3, ge=0, description="Training examples in the few-shot baseline prompt.")
     max_new_tokens: int = Field(128, ge=1, description="Generation length limit.")
     max_items: int | None = Field(200, ge=1, description="Cap on test items evaluated.")
@@ -219,29 +205,49 @@ class OutputConfig(_Section):
 class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    method: MethodSettingsUnion = Field(
+        default_factory=lambda: get_method(DEFAULT_METHOD).settings(),
+        description="How the base model is adapted: `name` picks the method, the other keys "
+        "are that method's settings (docs/methods.md).",
+    )
+    objective: ObjectiveSettingsUnion = Field(
+        default_factory=lambda: OBJECTIVES[DEFAULT_OBJECTIVE].settings(),
+        description="What the loss rewards: `name` picks the objective, the other keys are "
+        "its settings (docs/objectives.md).",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_names(cls, raw: object) -> object:
+        """`method: {r: 8}` means the default method with r=8: fill in the name."""
+        if isinstance(raw, dict):
+            for section, default in (("method", DEFAULT_METHOD), ("objective", DEFAULT_OBJECTIVE)):
+                value = raw.get(section)
+                if isinstance(value, dict) and "name" not in value:
+                    raw = {**raw, section: {"name": default, **value}}
+        return raw
+
     @property
     def run_dir(self) -> Path:
-        return self.output.dir / (self.output.name or "run")
+        """output.dir / output.name; the name defaults to the first training file's stem."""
+        name = self.output.name or (self.data.train[0].stem if self.data.train else "run")
+        return self.output.dir / name
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def load_config(
-    path: Path | None = None, overrides: list[str] | None = None, base_dir: Path | None = None
-) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Build a RunConfig from defaults, an optional YAML file, then ``a.b=value`` overrides.
 
     Relative data, reward-model and teacher paths in a YAML file are taken relative to the
     file, so a preset runs from any working directory.
     """
     raw: dict[str, Any] = {}
+    path = Path(path) if path is not None else None
     if path is not None:
         raw = _read_yaml(path)
         _resolve_paths(raw, path.parent)
@@ -309,16 +315,31 @@ def _explain(error: ValidationError, source: str) -> str:
     lines = [f"{source}: the config has {error.error_count()} problem(s):"]
     for problem in error.errors():
         location = [str(p) for p in problem["loc"]]
+        chosen = _chosen_setting(location)
+        if chosen is not None:  # method.<its name>.key → method.key
+            location = [location[0], *location[2:]]
         key = ".".join(location)
+        value = problem.get("input")
+        context = problem.get("ctx", {})
         if problem["type"] == "extra_forbidden":
-            known = _known_keys(location[:-1])
+            known = _known_keys(location[:-1], chosen)
             hint = difflib.get_close_matches(location[-1], known, n=1)
             fix = f" Did you mean {'.'.join([*location[:-1], hint[0]])!r}?" if hint else ""
-            lines.append(f"  - {key}: unknown key.{fix} Allowed here: {', '.join(sorted(known))}.")
+            owner = f" {location[0]} {chosen} has no such setting." if chosen else ""
+            lines.append(
+                f"  - {key}: unknown key.{owner}{fix} Allowed here: {', '.join(sorted(known))}."
+            )
             continue
-        message = problem["msg"]
-        allowed = problem.get("ctx", {}).get("expected")
-        value = problem.get("input")
+        if problem["type"] == "union_tag_invalid":
+            names = sorted(_registered(location[0]))
+            hint = difflib.get_close_matches(str(context.get("tag")), names, n=1)
+            fix = f" Did you mean {hint[0]!r}?" if hint else ""
+            lines.append(
+                f"  - {key}.name: {context.get('tag')!r} is not a {key}; use one of "
+                f"{', '.join(names)}.{fix}"
+            )
+            continue
+        allowed = context.get("expected")
         if allowed:
             hint = difflib.get_close_matches(
                 str(value), [a.strip(" '") for a in allowed.split(",")]
@@ -326,11 +347,25 @@ def _explain(error: ValidationError, source: str) -> str:
             fix = f" Did you mean {hint[0]!r}?" if hint else ""
             lines.append(f"  - {key}: {value!r} is not allowed; use {allowed}.{fix}")
         else:
+            message = problem["msg"].removeprefix("Value error, ")
             lines.append(f"  - {key}: {message} (got {value!r}).")
     return "\n".join(lines)
 
 
-def _known_keys(location: list[str]) -> list[str]:
+def _registered(section: str) -> dict[str, Any]:
+    return {"method": METHODS, "objective": OBJECTIVES}.get(section, {})
+
+
+def _chosen_setting(location: list[str]) -> str | None:
+    """The method or objective name pydantic put into an error's location, if any."""
+    if len(location) >= 2 and location[1] in _registered(location[0]):
+        return location[1]
+    return None
+
+
+def _known_keys(location: list[str], chosen: str | None = None) -> list[str]:
+    if chosen is not None and len(location) == 1:
+        return list(_registered(location[0])[chosen].settings.model_fields)
     model: type[BaseModel] = RunConfig
     for part in location:
         field = model.model_fields.get(part)

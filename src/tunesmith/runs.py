@@ -5,6 +5,8 @@ runs/<name>/config.yaml, data_report.json, metrics.jsonl, checkpoints/, final/, 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +98,27 @@ def load_trained(run_dir: Path, *, device: str = "auto") -> TrainedModel:
     model = method.load(loaded.model, paths.final)
     model.eval()
     return TrainedModel(model=model, tokenizer=loaded.tokenizer, config=config, device=target)
+
+
+@contextlib.contextmanager
+def base_model_of(trained: TrainedModel) -> Iterator[nn.Module]:
+    """The untrained base model of a run, for baselines and ``--base``.
+
+    Methods that can switch their adapter off (peft's ``disable_adapter``) compute the
+    base with the trained model's own weights; the others (full, freeze, bottleneck
+    adapters) changed or hooked the base weights, so the base is loaded on its own.
+    """
+    method = get_method(trained.config.method.name)
+    if method.switches_off:
+        with trained.model.disable_adapter():
+            yield trained.model
+        return
+    config = trained.config
+    loaded = load_base_model(
+        config.model.name,
+        device=trained.device,
+        cache_dir=config.model.cache_dir,
+        trust_remote_code=config.model.trust_remote_code,
+        **method.base_load_options(config.method),
+    )
+    yield loaded.model.eval()

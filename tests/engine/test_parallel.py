@@ -19,6 +19,7 @@ from tunesmith.engine.parallel import (
     strategy_from_launcher,
 )
 from tunesmith.engine.threads import configure_threads, usable_cpus
+from tunesmith.methods import get_method
 from tunesmith.objectives import get_objective
 
 
@@ -30,7 +31,9 @@ def restore_threads():
 
 
 def test_one_process_runs_whole_whatever_the_strategy(tiny_model) -> None:
-    parallel = build_parallel("fsdp", tiny_model, get_objective("sft"), Processes(), method="qlora")
+    parallel = build_parallel(
+        "fsdp", tiny_model, get_objective("sft"), Processes(), method=get_method("qlora")
+    )
     assert isinstance(parallel, Replicated)
 
 
@@ -43,7 +46,7 @@ def test_fsdp_refuses_what_it_cannot_shard_and_names_the_fix(
 ) -> None:
     two = Processes(world_size=2, rank=0, local_world_size=2)
     with pytest.raises(ParallelError, match=named) as raised:
-        build_parallel("fsdp", tiny_model, get_objective(objective), two, method=method)
+        build_parallel("fsdp", tiny_model, get_objective(objective), two, method=get_method(method))
     assert "train.strategy=ddp" in str(raised.value)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunesmith.config import MethodConfig
-from tunesmith.methods import get_method
+from tunesmith.methods import get_method, method_settings
 from tunesmith.methods._dropout import CheapDropout
 
 
@@ -29,7 +28,7 @@ def test_is_the_identity_in_eval_mode_and_at_zero() -> None:
 
 
 def test_lora_uses_it_with_the_configured_probability(tiny_model) -> None:
-    model = get_method("lora").attach(tiny_model, MethodConfig(r=4, alpha=8, dropout=0.05))
+    model = get_method("lora").attach(tiny_model, method_settings(r=4, alpha=8, dropout=0.05))
     dropouts = [m for m in model.modules() if isinstance(m, CheapDropout)]
     assert dropouts and all(d.p == 0.05 for d in dropouts)
     assert not any(

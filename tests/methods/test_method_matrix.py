@@ -19,11 +19,21 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from tunesmith.config import MethodConfig
-from tunesmith.methods import METHODS, MethodError, count_parameters, get_method
+from tunesmith.data.records import Source
+from tunesmith.data.tokenize import TokenizedExample
+from tunesmith.methods import (
+    METHODS,
+    MethodError,
+    MethodSettings,
+    count_parameters,
+    get_method,
+    method_settings,
+)
+from tunesmith.objectives import get_objective
 
 TRAIN_STEPS = 20
 TRAIN_LEARNING_RATE = 3e-2
+PAD_TOKEN_ID = 3  # the tiny tokenizer's <pad>
 TINY_TOTAL_PARAMETERS = 31_392  # vocab 400 x hidden 32 (tied) + 2 blocks of 9_280 + norm 32
 
 
@@ -91,11 +101,29 @@ CASE_NAMES = sorted(set(METHODS) | set(CASES))
 @dataclass
 class TrainedCase:
     case: Case
-    settings: MethodConfig
+    settings: MethodSettings
     model: nn.Module
     losses: list[float]
     before: dict[str, torch.Tensor]
     artifact_dir: Path
+
+
+SFT = get_objective("sft")
+
+
+def tunesmith_batch(encoded: dict[str, torch.Tensor], *, pack: bool):
+    """The HF-style padded batch as tunesmith examples, collated as a training run does."""
+    examples = []
+    for row, (ids, mask, labels) in enumerate(
+        zip(encoded["input_ids"], encoded["attention_mask"], encoded["labels"], strict=True)
+    ):
+        keep = mask.bool()
+        examples.append(
+            TokenizedExample(
+                ids[keep].tolist(), labels[keep].tolist(), Source("memorisable", row + 1)
+            )
+        )
+    return SFT.collate(examples, pad_token_id=PAD_TOKEN_ID, pack=pack, row_length=256)
 
 
 def case_for(name: str) -> Case:
@@ -104,7 +132,7 @@ def case_for(name: str) -> Case:
     return CASES[name]
 
 
-def load_base(base_dirs: dict[str, Path], case: Case, settings: MethodConfig) -> PreTrainedModel:
+def load_base(base_dirs: dict[str, Path], case: Case, settings: MethodSettings) -> PreTrainedModel:
     options = get_method(settings.name).base_load_options(settings)
     return AutoModelForCausalLM.from_pretrained(base_dirs[case.base], **options).eval()
 
@@ -133,7 +161,7 @@ def trained(
         if name in cache:
             return cache[name]
         case = case_for(name)
-        settings = MethodConfig(name=case.method, **case.settings)
+        settings = method_settings(name=case.method, **case.settings)
         method = get_method(case.method)
         torch.manual_seed(0)
         model = method.attach(load_base(base_dirs, case, settings), settings)
@@ -145,8 +173,11 @@ def trained(
         )
         model.train()
         losses = []
+        # Through tunesmith's own batching and loss (packed where the method packs), as a run.
+        batch = tunesmith_batch(memorisable_batch, pack=method.packs)
         for _ in range(TRAIN_STEPS):
-            loss = model(**memorisable_batch).loss
+            loss_sum, units = SFT.loss_sum(model, batch)
+            loss = loss_sum / units
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import get_args
 
 import bitsandbytes
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
+from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from tunesmith.config import MethodConfig, MethodName
-from tunesmith.methods import METHODS, MethodError, count_parameters, get_method
+from tunesmith.config import RunConfig
+from tunesmith.methods import METHODS, MethodError, count_parameters, get_method, method_settings
 from tunesmith.methods.adapter import ADAPTER_CONFIG_FILE
 from tunesmith.methods.prefix import prefix_token_ids
 
 
-def test_every_configurable_method_is_registered() -> None:
-    assert set(get_args(MethodName)) == set(METHODS)
+def test_the_config_accepts_every_registered_method_and_only_its_settings() -> None:
+    for name, method in METHODS.items():
+        config = RunConfig.model_validate({"method": {"name": name}})
+        assert isinstance(config.method, method.settings)
+    with pytest.raises(ValidationError, match="extra"):
+        RunConfig.model_validate({"method": {"name": "ia3", "r": 64}})
 
 
 def test_unknown_method_names_the_registered_ones() -> None:
@@ -34,7 +38,7 @@ def test_adapter_starts_as_the_identity(
     with torch.no_grad():
         before = tiny_model(**inputs).logits
         base_keys = set(tiny_model.state_dict())
-        adapted = get_method("adapter").attach(tiny_model, MethodConfig(name="adapter"))
+        adapted = get_method("adapter").attach(tiny_model, method_settings(name="adapter"))
         after = adapted(**inputs).logits
     assert torch.equal(before, after)
     assert base_keys <= set(adapted.state_dict()), "base weights must keep their names"
@@ -46,7 +50,7 @@ def test_adapter_changes_the_function_once_trained(
 ) -> None:
     with torch.no_grad():
         before = tiny_model(input_ids=memorisable_batch["input_ids"]).logits
-        adapted = get_method("adapter").attach(tiny_model, MethodConfig(name="adapter"))
+        adapted = get_method("adapter").attach(tiny_model, method_settings(name="adapter"))
         adapted.model.layers[1].self_attn.o_proj.bottleneck_adapter.up.weight.fill_(0.1)
         after = adapted(input_ids=memorisable_batch["input_ids"]).logits
     assert not torch.allclose(before, after)
@@ -54,23 +58,23 @@ def test_adapter_changes_the_function_once_trained(
 
 def test_nonlinear_adapter_refuses_to_merge_and_names_the_fix(tiny_model: LlamaForCausalLM) -> None:
     method = get_method("adapter")
-    adapted = method.attach(tiny_model, MethodConfig(name="adapter", adapter_activation="gelu"))
+    adapted = method.attach(tiny_model, method_settings(name="adapter", adapter_activation="gelu"))
     with pytest.raises(MethodError, match=r"gelu bottleneck cannot be merged.*activation: linear"):
         method.merge(adapted)
 
 
 def test_adapter_cannot_be_attached_twice(tiny_model: LlamaForCausalLM) -> None:
     method = get_method("adapter")
-    adapted = method.attach(tiny_model, MethodConfig(name="adapter"))
+    adapted = method.attach(tiny_model, method_settings(name="adapter"))
     with pytest.raises(MethodError, match="already attached"):
-        method.attach(adapted, MethodConfig(name="adapter"))
+        method.attach(adapted, method_settings(name="adapter"))
 
 
 def test_adapter_load_rejects_a_different_base(
     tiny_model: LlamaForCausalLM, pretrained_tiny64_dir: Path, tmp_path: Path
 ) -> None:
     method = get_method("adapter")
-    method.save(method.attach(tiny_model, MethodConfig(name="adapter")), tmp_path)
+    method.save(method.attach(tiny_model, method_settings(name="adapter")), tmp_path)
     wider_base = AutoModelForCausalLM.from_pretrained(pretrained_tiny64_dir)
     with pytest.raises(MethodError, match="do not fit this base model"):
         method.load(wider_base, tmp_path)
@@ -80,7 +84,7 @@ def test_adapter_load_explains_a_bad_description(
     tiny_model: LlamaForCausalLM, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     method = get_method("adapter")
-    method.save(method.attach(tiny_model, MethodConfig(name="adapter")), tmp_path)
+    method.save(method.attach(tiny_model, method_settings(name="adapter")), tmp_path)
     description_path = tmp_path / ADAPTER_CONFIG_FILE
     description = json.loads(description_path.read_text())
     assert description["adapter_activation"] == "silu" and description["adapter_size"] == 64
@@ -95,7 +99,7 @@ def test_adapter_load_explains_a_bad_description(
 
 
 def test_freeze_trains_exactly_the_last_blocks(tiny_model: LlamaForCausalLM) -> None:
-    settings = MethodConfig(name="freeze", trainable_layers=1)
+    settings = method_settings(name="freeze", trainable_layers=1)
     model = get_method("freeze").attach(tiny_model, settings)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(name.startswith("model.layers.1.") for name in trainable)
@@ -109,19 +113,21 @@ def test_freeze_trains_exactly_the_last_blocks(tiny_model: LlamaForCausalLM) -> 
 def test_freeze_refuses_settings_that_cannot_work(
     tiny_model: LlamaForCausalLM, trainable_layers: int, train_head: bool, message: str
 ) -> None:
-    settings = MethodConfig(name="freeze", trainable_layers=trainable_layers, train_head=train_head)
+    settings = method_settings(
+        name="freeze", trainable_layers=trainable_layers, train_head=train_head
+    )
     with pytest.raises(MethodError, match=message):
         get_method("freeze").attach(tiny_model, settings)
 
 
 def test_qlora_needs_a_4bit_base(tiny_model: LlamaForCausalLM) -> None:
     with pytest.raises(MethodError, match="base_load_options"):
-        get_method("qlora").attach(tiny_model, MethodConfig(name="qlora"))
+        get_method("qlora").attach(tiny_model, method_settings(name="qlora"))
 
 
 def test_qlora_adapts_4bit_linear_layers(pretrained_tiny64_dir: Path) -> None:
     method = get_method("qlora")
-    settings = MethodConfig(name="qlora")
+    settings = method_settings(name="qlora")
     full_precision_total = count_parameters(
         AutoModelForCausalLM.from_pretrained(pretrained_tiny64_dir)
     )[1]
@@ -140,7 +146,7 @@ def test_prefix_starts_as_the_base_models_own_states(
     pretrained_tiny_dir: Path, memorisable_batch: dict[str, torch.Tensor]
 ) -> None:
     """With the starting prefixes, the model reads any input as if prefix_token_ids preceded it."""
-    settings = MethodConfig(name="prefix", num_virtual_tokens=5)
+    settings = method_settings(name="prefix", num_virtual_tokens=5)
     base = AutoModelForCausalLM.from_pretrained(pretrained_tiny_dir).eval()
     text = memorisable_batch["input_ids"][:1, :6]
     prefix = prefix_token_ids(base.get_input_embeddings().num_embeddings, 5)

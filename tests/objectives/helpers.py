@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunesmith.config import MethodConfig, TrainConfig
+from tunesmith.config import TrainConfig
 from tunesmith.data.records import Message, Preference, Source
 from tunesmith.engine.loop import LoopResult, run_loop
 from tunesmith.engine.progress import TrainingProgress
-from tunesmith.methods import get_method
+from tunesmith.methods import get_method, method_settings
 from tunesmith.objectives import Objective
 
 PAIRS = [
@@ -45,7 +45,7 @@ def lora_model(model: nn.Module) -> nn.Module:
     (at the init std of 0.02 the tied-embedding logits are all near zero)."""
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(10)
-    return get_method("lora").attach(model, MethodConfig(r=8, alpha=32, dropout=0.0))
+    return get_method("lora").attach(model, method_settings(r=8, alpha=32, dropout=0.0))
 
 
 def train(

@@ -7,11 +7,10 @@ import torch
 
 from tests.conftest import build_tiny_model
 from tests.objectives.helpers import PAIRS, lora_model, train
-from tunesmith.config import ObjectiveConfig
 from tunesmith.data.batching import collate
 from tunesmith.data.records import Conversation, Message, Source
 from tunesmith.data.tokenize import tokenize_conversations
-from tunesmith.objectives import ObjectiveError, build_objective
+from tunesmith.objectives import ObjectiveError, build_objective, objective_settings
 from tunesmith.objectives import distill as distill_module
 from tunesmith.objectives.distill import Distillation
 from tunesmith.objectives.losses import causal_lm_nll_sum
@@ -121,10 +120,10 @@ def test_loss_mixes_kd_and_nll_and_does_not_depend_on_chunking(
 def test_distill_needs_a_teacher_with_the_same_vocabulary(tiny_tokenizer, tiny_model) -> None:
     with pytest.raises(ObjectiveError, match=r"objective\.teacher"):
         build_objective(
-            ObjectiveConfig(name="distill"), model_loader=lambda name: tiny_model, base_model="x"
+            objective_settings(name="distill"), model_loader=lambda name: tiny_model, base_model="x"
         )
     objective = build_objective(
-        ObjectiveConfig(name="distill", teacher="bigger-vocab"),
+        objective_settings(name="distill", teacher="bigger-vocab"),
         model_loader=lambda name: build_tiny_model(len(tiny_tokenizer) + 8),
         base_model="x",
     )

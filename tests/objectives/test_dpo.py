@@ -11,10 +11,9 @@ import torch
 
 from tests.conftest import build_tiny_model
 from tests.objectives.helpers import PAIRS, lora_model, preference_records, train
-from tunesmith.config import ObjectiveConfig
 from tunesmith.data.preference import tokenize_preferences
 from tunesmith.engine.loop import backward_window
-from tunesmith.objectives import ObjectiveError, build_objective, get_objective
+from tunesmith.objectives import ObjectiveError, build_objective, get_objective, objective_settings
 from tunesmith.objectives.losses import sequence_logprob_sums, trained_tokens_per_row
 from tunesmith.objectives.preference import (
     PreferenceOptimization,
@@ -226,7 +225,7 @@ def test_full_fine_tuning_compares_against_a_loaded_frozen_base(tiny_tokenizer, 
         return build_tiny_model(vocab, seed=0)
 
     objective = build_objective(
-        ObjectiveConfig(name="dpo", beta=0.1), model_loader=load, base_model="tiny-base"
+        objective_settings(name="dpo", beta=0.1), model_loader=load, base_model="tiny-base"
     )
     model = build_tiny_model(vocab, seed=0)
     examples, _ = pair_batch(tiny_tokenizer)

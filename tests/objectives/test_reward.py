@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 
 from tests.objectives.helpers import lora_model, preference_records, train
-from tunesmith.config import MethodConfig, ObjectiveConfig, RunConfig
+from tunesmith.config import RunConfig
 from tunesmith.data.preference import tokenize_preferences
 from tunesmith.engine.loop import evaluate_loss
-from tunesmith.methods import get_method
+from tunesmith.methods import get_method, method_settings
 from tunesmith.models import load_base_model
 from tunesmith.objectives import (
     attach_objective_parameters,
     build_objective,
     get_objective,
+    objective_settings,
     save_objective_parameters,
 )
 from tunesmith.objectives.preference import collate_pairs
@@ -79,7 +80,7 @@ def finished_reward_run(tokenizer, model_dir, run_dir):
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(config.to_yaml())
     method = get_method("lora")
-    model = method.attach(load_base_model(str(model_dir)).model, MethodConfig(r=4, dropout=0.0))
+    model = method.attach(load_base_model(str(model_dir)).model, method_settings(r=4, dropout=0.0))
     objective = get_objective("reward")
     attach_objective_parameters(objective, model)
     examples, _ = pairs_and_batch(tokenizer)
@@ -106,7 +107,7 @@ def test_a_finished_reward_run_reloads_with_identical_scores(
 
     # rlhf builds on it: its reward model is this run, its policy any causal LM.
     objective = build_objective(
-        ObjectiveConfig(name="rlhf", reward_model=run_dir, group_size=2, max_new_tokens=4),
+        objective_settings(name="rlhf", reward_model=run_dir, group_size=2, max_new_tokens=4),
         model_loader=lambda name: load_base_model(name).model,
         base_model=str(tiny_model_dir),
     )

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from tests.objectives.helpers import lora_model, preference_records, train
-from tunesmith.config import ObjectiveConfig
 from tunesmith.data.records import Conversation, Message, Source, Text
 from tunesmith.data.tokenize import TokenizeError
-from tunesmith.objectives import ObjectiveError, build_objective
+from tunesmith.objectives import ObjectiveError, build_objective, objective_settings
 from tunesmith.objectives.rlhf import (
     GroupRelativePolicyOptimization,
     group_advantages,
@@ -95,11 +94,11 @@ def test_advantages_and_the_surrogate_gradient() -> None:
 def test_rlhf_needs_prompts_and_a_reward_run(tiny_tokenizer, tiny_model) -> None:
     with pytest.raises(ObjectiveError, match=r"objective\.reward_model"):
         build_objective(
-            ObjectiveConfig(name="rlhf"), model_loader=lambda name: tiny_model, base_model="x"
+            objective_settings(name="rlhf"), model_loader=lambda name: tiny_model, base_model="x"
         )
     with pytest.raises(ObjectiveError, match=r"no reward_head\.safetensors"):
         build_objective(
-            ObjectiveConfig(name="rlhf", reward_model="runs/sft-run"),
+            objective_settings(name="rlhf", reward_model="runs/sft-run"),
             model_loader=lambda name: tiny_model,
             base_model="x",
         )

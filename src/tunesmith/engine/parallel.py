@@ -27,14 +27,10 @@ import torch
 from torch import nn
 
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import Method
+from tunesmith.objectives import registration
 
 STRATEGIES = ("ddp", "fsdp")
-FSDP_METHODS = ("full", "freeze", "lora", "dora", "ia3", "adapter")
-"""Methods whose parameters are plain tensors; QLoRA's 4-bit weights and the virtual-token
-encoders of prefix/prompt tuning are not shardable by FSDP2 here."""
-FSDP_OBJECTIVES = ("sft", "pretrain", "distill", "dpo", "ipo", "orpo")
-"""Objectives whose loss is a fixed sequence of forward passes; RLHF generates, and the
-number of generation steps differs between processes."""
 
 
 class ParallelError(TunesmithError):
@@ -312,21 +308,23 @@ def build_parallel(
     objective: Any,
     processes: Processes,
     *,
-    method: str,
+    method: Method,
     param_dtype: torch.dtype | None = None,
 ) -> Parallel:
     """The strategy the run asked for, after checking the method and objective allow it."""
     if strategy == "ddp" or not processes.distributed:
         return Replicated(model, objective, processes)
-    if method not in FSDP_METHODS:
+    # 4-bit weights and prompt encoders are not plain tensors FSDP2 can shard; an objective
+    # that samples (rlhf) runs a different number of forward passes on each process.
+    if not method.shardable:
         raise ParallelError(
-            f"train.strategy=fsdp does not support method {method!r} (supported: "
-            f"{', '.join(FSDP_METHODS)}). Fix: use train.strategy=ddp for this method."
+            f"train.strategy=fsdp does not support method {method.name!r}. Fix: use "
+            "train.strategy=ddp for this method."
         )
-    if objective.name not in FSDP_OBJECTIVES:
+    if not registration(objective.name).shardable:
         raise ParallelError(
-            f"train.strategy=fsdp does not support objective {objective.name!r} (supported: "
-            f"{', '.join(FSDP_OBJECTIVES)}). Fix: use train.strategy=ddp for this objective."
+            f"train.strategy=fsdp does not support objective {objective.name!r}. Fix: use "
+            "train.strategy=ddp for this objective."
         )
     return Sharded(model, objective, processes, param_dtype=param_dtype)
 

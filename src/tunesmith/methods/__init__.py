@@ -1,44 +1,36 @@
 """Fine-tuning methods: each module wraps a base model one way and registers itself.
 
-Adding a method means one file here with a class of the `Method` shape and one
-line in `_REGISTERED` below. Nothing else in tunesmith changes.
+Adding a method means one file here: its settings model, a class of the `Method` shape,
+and a `register(...)` line. Every public module of this package is imported below, so
+nothing else in tunesmith changes.
 """
 
 from __future__ import annotations
 
-from tunesmith.methods.adapter import BottleneckAdapters
-from tunesmith.methods.base import Method, MethodError, count_parameters
-from tunesmith.methods.dora import DoRA
-from tunesmith.methods.freeze import FreezeTuning
-from tunesmith.methods.full import FullFineTuning
-from tunesmith.methods.ia3 import IA3
-from tunesmith.methods.lora import LoRA
-from tunesmith.methods.prefix import PrefixTuning
-from tunesmith.methods.prompt import PromptTuning
-from tunesmith.methods.qlora import QLoRA
+import importlib
+import pkgutil
 
-_REGISTERED: tuple[Method, ...] = (
-    FullFineTuning(),
-    LoRA(),
-    DoRA(),
-    QLoRA(),
-    PrefixTuning(),
-    PromptTuning(),
-    IA3(),
-    BottleneckAdapters(),
-    FreezeTuning(),
+from tunesmith.methods.base import Method, MethodError, MethodSettings, count_parameters
+from tunesmith.methods.registry import (
+    DEFAULT_METHOD,
+    get_method,
+    method_settings,
+    registered_methods,
 )
 
-METHODS: dict[str, Method] = {method.name: method for method in _REGISTERED}
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name not in ("base", "registry"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
+METHODS: dict[str, Method] = registered_methods()
 
-def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise MethodError(
-            f"method {name!r} is not registered; available: {', '.join(sorted(METHODS))}."
-        ) from None
-
-
-__all__ = ["METHODS", "Method", "MethodError", "count_parameters", "get_method"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "Method",
+    "MethodError",
+    "MethodSettings",
+    "count_parameters",
+    "get_method",
+    "method_settings",
+]

@@ -32,18 +32,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
-from tunesmith.config import MethodConfig
 from tunesmith.methods._blocks import decoder_layers
-from tunesmith.methods.base import MethodError
+from tunesmith.methods.base import MethodError, MethodSettings
+from tunesmith.methods.registry import register
 
 ADAPTER_CONFIG_FILE = "tunesmith_adapter.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -51,6 +51,17 @@ ADAPTER_FORMAT = "tunesmith-bottleneck-adapter"
 ADAPTER_FORMAT_VERSION = 1
 ADAPTED_PROJECTIONS = ("self_attn.o_proj", "mlp.down_proj")
 _CHILD_NAME = "bottleneck_adapter"
+
+
+class AdapterSettings(MethodSettings):
+    name: Literal["adapter"] = "adapter"
+    adapter_size: int = Field(64, ge=1, description="Bottleneck width.")
+    adapter_activation: Literal["silu", "gelu", "relu", "linear"] = Field(
+        "silu",
+        description="Bottleneck nonlinearity. 'linear' is less expressive but merges exactly "
+        "into the base weights (export to GGUF/vLLM needs a merge).",
+    )
+
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
@@ -82,14 +93,19 @@ def _apply_child_adapter(module: nn.Module, inputs: object, output: torch.Tensor
 
 class BottleneckAdapters:
     name = "adapter"
+    settings = AdapterSettings
     # Adapter layers start at zero and need a larger step than full fine-tuning (AdapterHub: 1e-4).
     default_learning_rate = 1e-4
+    artifact = "bottleneck-adapter"
     mergeable = False
+    packs = True
+    shardable = True
+    switches_off = False
 
-    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+    def base_load_options(self, settings: AdapterSettings) -> dict[str, object]:
         return {}
 
-    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+    def attach(self, model: PreTrainedModel, settings: AdapterSettings) -> nn.Module:
         model.requires_grad_(False)
         for projection in _adapted_projections(model):
             if hasattr(projection, _CHILD_NAME):
@@ -127,8 +143,7 @@ class BottleneckAdapters:
     def load(self, base: PreTrainedModel, artifact_dir: Path) -> nn.Module:
         description = _read_description(artifact_dir)
         try:
-            settings = MethodConfig(
-                name="adapter",
+            settings = AdapterSettings(
                 adapter_size=description.get("adapter_size"),
                 adapter_activation=description.get("adapter_activation"),
             )
@@ -259,3 +274,6 @@ def _read_description(artifact_dir: Path) -> dict[str, Any]:
             f"this tunesmith places adapters after {list(ADAPTED_PROJECTIONS)}."
         )
     return description
+
+
+register(BottleneckAdapters())

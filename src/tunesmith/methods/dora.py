@@ -7,24 +7,34 @@ layer); often closer to full fine-tuning at the same rank. Merges like LoRA.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunesmith.config import MethodConfig
 from tunesmith.methods import _peft
-from tunesmith.methods.lora import attach_lora
+from tunesmith.methods.lora import LoraSettings, attach_lora
+from tunesmith.methods.registry import register
+
+
+class DoraSettings(LoraSettings):
+    name: Literal["dora"] = "dora"  # type: ignore[assignment]
 
 
 class DoRA:
     name = "dora"
+    settings = DoraSettings
     default_learning_rate = 2e-4
+    artifact = "peft-adapter"
     mergeable = True
+    packs = True
+    shardable = True
+    switches_off = True
 
-    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+    def base_load_options(self, settings: DoraSettings) -> dict[str, object]:
         return {}
 
-    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+    def attach(self, model: PreTrainedModel, settings: DoraSettings) -> nn.Module:
         return attach_lora(model, settings, use_dora=True)
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
@@ -35,3 +45,6 @@ class DoRA:
 
     def merge(self, model: nn.Module) -> PreTrainedModel:
         return _peft.merge_adapter(model)
+
+
+register(DoRA())

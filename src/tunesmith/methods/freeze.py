@@ -9,26 +9,41 @@ input embeddings (one tensor when the embeddings are tied, as in SmolLM2).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunesmith.config import MethodConfig
 from tunesmith.methods import _full_model
 from tunesmith.methods._blocks import decoder_layers
-from tunesmith.methods.base import MethodError
+from tunesmith.methods.base import MethodError, MethodSettings
+from tunesmith.methods.registry import register
+
+
+class FreezeSettings(MethodSettings):
+    name: Literal["freeze"] = "freeze"
+    trainable_layers: int = Field(
+        2, ge=0, description="Number of last transformer blocks to train."
+    )
+    train_head: bool = Field(False, description="Also train the LM head/embeddings and final norm.")
 
 
 class FreezeTuning:
     name = "freeze"
+    settings = FreezeSettings
     # Whole blocks train, as in full fine-tuning, but fewer of them: a somewhat larger step.
     default_learning_rate = 5e-5
+    artifact = "model"
     mergeable = True
+    packs = True
+    shardable = True
+    switches_off = False
 
-    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+    def base_load_options(self, settings: FreezeSettings) -> dict[str, object]:
         return {}
 
-    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+    def attach(self, model: PreTrainedModel, settings: FreezeSettings) -> nn.Module:
         layers = decoder_layers(model, self.name)
         count = settings.trainable_layers
         if count > len(layers):
@@ -61,3 +76,6 @@ class FreezeTuning:
     def merge(self, model: nn.Module) -> PreTrainedModel:
         """Nothing to fold: the trained blocks are the model's own weights."""
         return _full_model.require_full_model(model, "merge")
+
+
+register(FreezeTuning())

@@ -7,24 +7,35 @@ AdamW moments for every parameter). Its artifact needs no merge.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunesmith.config import MethodConfig
 from tunesmith.methods import _full_model
+from tunesmith.methods.base import MethodSettings
+from tunesmith.methods.registry import register
+
+
+class FullSettings(MethodSettings):
+    name: Literal["full"] = "full"
 
 
 class FullFineTuning:
     name = "full"
+    settings = FullSettings
     # Every weight moves, so steps are small: larger rates overwrite pretrained knowledge.
     default_learning_rate = 1e-5
+    artifact = "model"
     mergeable = True
+    packs = True
+    shardable = True
+    switches_off = False
 
-    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+    def base_load_options(self, settings: FullSettings) -> dict[str, object]:
         return {}
 
-    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+    def attach(self, model: PreTrainedModel, settings: FullSettings) -> nn.Module:
         return model.requires_grad_(True)
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
@@ -36,3 +47,6 @@ class FullFineTuning:
     def merge(self, model: nn.Module) -> PreTrainedModel:
         """Nothing to fold: the trained model already is the plain model."""
         return _full_model.require_full_model(model, "merge")
+
+
+register(FullFineTuning())

@@ -9,29 +9,41 @@ because a rescale folds into the adjacent weight.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from peft import IA3Config, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunesmith.config import MethodConfig
 from tunesmith.methods import _peft
-from tunesmith.methods.base import MethodError
+from tunesmith.methods.base import MethodError, MethodSettings
+from tunesmith.methods.registry import register
 
 IA3_TARGET_MODULES = ["k_proj", "v_proj", "down_proj"]
 IA3_FEEDFORWARD_MODULES = ["down_proj"]
 
 
+class Ia3Settings(MethodSettings):
+    """IA3 has no knobs: its rescaled modules are fixed by the paper's recipe."""
+
+    name: Literal["ia3"] = "ia3"
+
+
 class IA3:
     name = "ia3"
+    settings = Ia3Settings
     # The rescale vectors start at 1 and need larger steps than LoRA (the IA3 paper uses 3e-3).
     default_learning_rate = 3e-3
+    artifact = "peft-adapter"
     mergeable = True
+    packs = True
+    shardable = True
+    switches_off = True
 
-    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+    def base_load_options(self, settings: Ia3Settings) -> dict[str, object]:
         return {}
 
-    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+    def attach(self, model: PreTrainedModel, settings: Ia3Settings) -> nn.Module:
         config = IA3Config(
             target_modules=IA3_TARGET_MODULES,
             feedforward_modules=IA3_FEEDFORWARD_MODULES,
@@ -54,3 +66,6 @@ class IA3:
 
     def merge(self, model: nn.Module) -> PreTrainedModel:
         return _peft.merge_adapter(model)
+
+
+register(IA3())

@@ -7,17 +7,30 @@ read the same knobs (`r`, `alpha`, `dropout`, `target_modules`) the same way.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from peft import LoraConfig, get_peft_model
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunesmith.config import MethodConfig
 from tunesmith.methods import _peft
 from tunesmith.methods._dropout import use_cheap_dropout
+from tunesmith.methods.base import MethodSettings
+from tunesmith.methods.registry import register
 
 
-def build_lora_config(settings: MethodConfig, *, use_dora: bool = False) -> LoraConfig:
+class LoraSettings(MethodSettings):
+    name: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1, description="Rank of each low-rank update.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules to adapt: 'all-linear' or names like [q_proj, v_proj]."
+    )
+
+
+def build_lora_config(settings: LoraSettings, *, use_dora: bool = False) -> LoraConfig:
     return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -28,20 +41,25 @@ def build_lora_config(settings: MethodConfig, *, use_dora: bool = False) -> Lora
     )
 
 
-def attach_lora(model: nn.Module, settings: MethodConfig, *, use_dora: bool = False) -> nn.Module:
+def attach_lora(model: nn.Module, settings: LoraSettings, *, use_dora: bool = False) -> nn.Module:
     """peft LoRA (or DoRA) on ``model``, with the cheaper dropout mask on CPU."""
     return use_cheap_dropout(get_peft_model(model, build_lora_config(settings, use_dora=use_dora)))
 
 
 class LoRA:
     name = "lora"
+    settings = LoraSettings
     default_learning_rate = 2e-4
+    artifact = "peft-adapter"
     mergeable = True
+    packs = True
+    shardable = True
+    switches_off = True
 
-    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+    def base_load_options(self, settings: LoraSettings) -> dict[str, object]:
         return {}
 
-    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+    def attach(self, model: PreTrainedModel, settings: LoraSettings) -> nn.Module:
         return attach_lora(model, settings)
 
     def save(self, model: nn.Module, out_dir: Path) -> None:
@@ -52,3 +70,6 @@ class LoRA:
 
     def merge(self, model: nn.Module) -> PreTrainedModel:
         return _peft.merge_adapter(model)
+
+
+register(LoRA())

@@ -16,27 +16,39 @@ steps reach 0.04.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from peft import PeftModel, PrefixTuningConfig, get_peft_model
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunesmith.config import MethodConfig
 from tunesmith.methods import _peft
-from tunesmith.methods.base import MethodError
+from tunesmith.methods.base import MethodError, MethodSettings
+from tunesmith.methods.registry import register
+
+
+class PrefixSettings(MethodSettings):
+    name: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(20, ge=1, description="Virtual tokens trained.")
 
 
 class PrefixTuning:
     name = "prefix"
+    settings = PrefixSettings
     # Prefix vectors need a much larger step than weight updates (peft's guides use 1e-2..3e-2).
     default_learning_rate = 1e-2
+    artifact = "peft-adapter"
     mergeable = False
+    packs = False
+    shardable = False
+    switches_off = True
 
-    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+    def base_load_options(self, settings: PrefixSettings) -> dict[str, object]:
         return {}
 
-    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+    def attach(self, model: PreTrainedModel, settings: PrefixSettings) -> nn.Module:
         config = PrefixTuningConfig(
             num_virtual_tokens=settings.num_virtual_tokens, task_type="CAUSAL_LM"
         )
@@ -80,3 +92,6 @@ def _start_from_model_states(adapted: PeftModel, count: int) -> None:
             for tensor in (layer.keys, layer.values)
         ]
         embedding.copy_(torch.cat(states, dim=-1))
+
+
+register(PrefixTuning())

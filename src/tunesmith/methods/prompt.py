@@ -11,26 +11,38 @@ any weight, so they cannot be merged into a plain model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel
 
-from tunesmith.config import MethodConfig
 from tunesmith.methods import _peft
-from tunesmith.methods.base import MethodError
+from tunesmith.methods.base import MethodError, MethodSettings
+from tunesmith.methods.registry import register
+
+
+class PromptSettings(MethodSettings):
+    name: Literal["prompt"] = "prompt"
+    num_virtual_tokens: int = Field(20, ge=1, description="Virtual tokens trained.")
 
 
 class PromptTuning:
     name = "prompt"
+    settings = PromptSettings
     # Soft prompts move slowly at weight-update rates; peft's prompt tuning guide uses 3e-2.
     default_learning_rate = 3e-2
+    artifact = "peft-adapter"
     mergeable = False
+    packs = False
+    shardable = False
+    switches_off = True
 
-    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+    def base_load_options(self, settings: PromptSettings) -> dict[str, object]:
         return {}
 
-    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+    def attach(self, model: PreTrainedModel, settings: PromptSettings) -> nn.Module:
         config = PromptTuningConfig(
             num_virtual_tokens=settings.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
@@ -51,3 +63,6 @@ class PromptTuning:
             "(peft.PeftModel.from_pretrained(base, dir)), or train with method.name: lora "
             "for a mergeable result."
         )
+
+
+register(PromptTuning())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Literal
 
 import bitsandbytes
 import torch
@@ -34,18 +35,27 @@ from peft import (
 from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
-from tunesmith.config import MethodConfig
 from tunesmith.methods import _peft
 from tunesmith.methods.base import MethodError
-from tunesmith.methods.lora import attach_lora
+from tunesmith.methods.lora import LoraSettings, attach_lora
+from tunesmith.methods.registry import register
+
+
+class QloraSettings(LoraSettings):
+    name: Literal["qlora"] = "qlora"  # type: ignore[assignment]
 
 
 class QLoRA:
     name = "qlora"
+    settings = QloraSettings
     default_learning_rate = 2e-4
+    artifact = "peft-adapter"
     mergeable = True
+    packs = True
+    shardable = False
+    switches_off = True
 
-    def base_load_options(self, settings: MethodConfig) -> dict[str, object]:
+    def base_load_options(self, settings: QloraSettings) -> dict[str, object]:
         return {
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True,
@@ -54,7 +64,7 @@ class QLoRA:
             )
         }
 
-    def attach(self, model: PreTrainedModel, settings: MethodConfig) -> nn.Module:
+    def attach(self, model: PreTrainedModel, settings: QloraSettings) -> nn.Module:
         _require_4bit_base(model)
         _keep_float32_kernels(model)
         # Freezes the base and lifts any fp16/bf16 norms and embeddings to float32, the
@@ -128,3 +138,6 @@ def _tied_parameter_names(model: nn.Module) -> set[str]:
     listed = {name for name, _ in model.named_parameters()}
     everything = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     return everything - listed
+
+
+register(QLoRA())

@@ -1,142 +1,38 @@
 """Training objectives: each owns how its records become batches and a summed loss.
 
-The loop only calls `tokenize`, `units`, `collate` and `loss_sum`, so adding an
-objective means one module here and one line in `_REGISTERED` (and, for an
-objective with settings or a second model, one branch in `build_objective`).
+The loop only calls `tokenize`, `units`, `collate` and `loss_sum`. Adding an objective
+means one file here: the objective, its settings model, a factory and a `register(...)`
+call. Every public module of this package is imported below, so nothing else changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import importlib
+import pkgutil
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
 
-import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from tunesmith.config import ObjectiveConfig
-from tunesmith.data.records import Record, Source
-from tunesmith.objectives.distill import Distillation
+from tunesmith.objectives.base import Objective, OwnsParameters
 from tunesmith.objectives.errors import ObjectiveError
-from tunesmith.objectives.preference import PREFERENCE_LOSSES, PreferenceOptimization
-from tunesmith.objectives.pretrain import Pretrain
-from tunesmith.objectives.reference import ReferenceModel
-from tunesmith.objectives.reward import RewardModelling, load_reward_model
-from tunesmith.objectives.rlhf import GroupRelativePolicyOptimization
-from tunesmith.objectives.sft import SFT
-
-
-class Objective(Protocol):
-    name: str
-
-    def tokenize(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        records: Sequence[Record],
-        *,
-        max_length: int,
-        on_overlength: str,
-    ) -> tuple[list[Any], list[tuple[str, Source]]]:
-        """Examples to train on, and (reason, source) of every record dropped."""
-        ...
-
-    def units(self, example: Any) -> int:
-        """What the loss of one example is normalised by (trained tokens, or pairs)."""
-        ...
-
-    def collate(
-        self, examples: Sequence[Any], *, pad_token_id: int, pack: bool, row_length: int
-    ) -> Any:
-        """One micro-batch; it has `.to(device)`, `.sources` and `.real_tokens`."""
-        ...
-
-    def loss_sum(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-        """Loss summed over the batch's units, and the number of units."""
-        ...
-
-
-@runtime_checkable
-class OwnsParameters(Protocol):
-    """An objective that trains weights of its own (the reward head) next to the method's."""
-
-    def attach_parameters(self, model: nn.Module) -> None:
-        """Add the objective's trainable modules to `model` (before the optimizer is built)."""
-        ...
-
-    def save_parameters(self, model: nn.Module, out_dir: Path) -> None:
-        """Write them as safetensors into the run's final artifact dir."""
-        ...
-
-
-_REGISTERED: tuple[Objective, ...] = (
-    SFT(),
-    Pretrain(),
-    *(PreferenceOptimization(name) for name in PREFERENCE_LOSSES),
-    RewardModelling(),
-    Distillation(),
-    GroupRelativePolicyOptimization(),
+from tunesmith.objectives.registry import (
+    DEFAULT_OBJECTIVE,
+    ModelSource,
+    ObjectiveSettings,
+    Registration,
+    build_objective,
+    get_objective,
+    objective_settings,
+    registered_objectives,
+    registration,
 )
-OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in _REGISTERED}
 
+_NOT_OBJECTIVES = {"base", "registry", "errors", "losses", "record_kinds", "reference"}
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name not in _NOT_OBJECTIVES:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
-def get_objective(name: str) -> Objective:
-    """A registered objective with default settings and no second model loaded.
-
-    Every one tokenizes and collates (what `tunesmith data` needs). For training, use
-    `build_objective`: it applies the config and gives distill its teacher, rlhf its reward
-    model, and dpo/ipo/rlhf a frozen reference for methods that are not peft adapters.
-    """
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise ObjectiveError(
-            f"objective {name!r} is not available; available: {', '.join(sorted(OBJECTIVES))}."
-        ) from None
-
-
-def build_objective(
-    config: ObjectiveConfig,
-    *,
-    model_loader: Callable[[str], nn.Module],
-    base_model: str,
-) -> Objective:
-    """The objective ``config`` asks for, with its settings and any model it needs.
-
-    ``model_loader`` loads a causal LM by name or dir on the training device (frozen
-    copies are made from it); ``base_model`` is ``model.name``, loaded as the frozen
-    reference of dpo/ipo/rlhf only when the method is not a peft adapter. Models are
-    loaded lazily, on first use, except the reward model of rlhf (loaded here so a bad
-    ``objective.reward_model`` fails before training starts).
-    """
-    reference = ReferenceModel(lambda: model_loader(base_model))
-    if config.name in PREFERENCE_LOSSES:
-        return PreferenceOptimization(config.name, beta=config.beta, reference=reference)
-    if config.name == "distill":
-        teacher = config.teacher
-        if teacher is None:
-            raise ObjectiveError(
-                "objective distill needs objective.teacher: a model name or local model dir "
-                "with the same tokenizer as model.name."
-            )
-        return Distillation(
-            lambda: model_loader(teacher), temperature=config.temperature, alpha=config.alpha
-        )
-    if config.name == "rlhf":
-        if config.reward_model is None:
-            raise ObjectiveError(
-                "objective rlhf needs objective.reward_model: the run directory of a finished "
-                "run with objective reward."
-            )
-        return GroupRelativePolicyOptimization(
-            load_reward_model(config.reward_model, model_loader),
-            reference=reference,
-            beta=config.beta,
-            group_size=config.group_size,
-            max_new_tokens=config.max_new_tokens,
-            clip_range=config.clip_range,
-        )
-    return get_objective(config.name)
+OBJECTIVES: dict[str, Registration] = registered_objectives()
 
 
 def attach_objective_parameters(objective: Objective, model: nn.Module) -> None:
@@ -152,12 +48,16 @@ def save_objective_parameters(objective: Objective, model: nn.Module, out_dir: P
 
 
 __all__ = [
+    "DEFAULT_OBJECTIVE",
     "OBJECTIVES",
+    "ModelSource",
     "Objective",
     "ObjectiveError",
+    "ObjectiveSettings",
     "OwnsParameters",
     "attach_objective_parameters",
     "build_objective",
     "get_objective",
-    "save_objective_parameters",
+    "objective_settings",
+    "registration",
 ]

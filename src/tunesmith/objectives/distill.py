@@ -10,16 +10,22 @@ recomputed in the backward pass, as for the plain NLL.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedTokenizerBase
 
 from tunesmith.data.batching import Batch
+from tunesmith.data.records import Record, Source
+from tunesmith.data.tokenize import TokenizedExample
 from tunesmith.objectives.errors import ObjectiveError
 from tunesmith.objectives.losses import LOGIT_CHUNK_ROWS, selected_hidden_and_targets
+from tunesmith.objectives.registry import ModelSource, ObjectiveSettings, Registration, register
 from tunesmith.objectives.sft import SFT
 
 
@@ -45,7 +51,7 @@ def _chunk_distillation_sum(
     return alpha * temperature**2 * kd + (1 - alpha) * nll
 
 
-class Distillation(SFT):
+class Distillation:
     """SFT data and batching; the loss mixes the teacher's soft targets with the NLL.
 
     ``load_teacher`` is called once, on the first loss; the teacher is frozen, put in
@@ -62,10 +68,38 @@ class Distillation(SFT):
         temperature: float = 2.0,
         alpha: float = 0.5,
     ) -> None:
+        self._sft = SFT()  # data and batching are SFT's; only the loss differs
         self._load_teacher = load_teacher
         self._teacher: nn.Module | None = None
         self.temperature = temperature
         self.alpha = alpha
+
+    def tokenize(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        records: Sequence[Record],
+        *,
+        max_length: int,
+        on_overlength: str,
+    ) -> tuple[list[TokenizedExample], list[tuple[str, Source]]]:
+        return self._sft.tokenize(
+            tokenizer, records, max_length=max_length, on_overlength=on_overlength
+        )
+
+    def units(self, example: TokenizedExample) -> int:
+        return self._sft.units(example)
+
+    def collate(
+        self,
+        examples: Sequence[TokenizedExample],
+        *,
+        pad_token_id: int,
+        pack: bool,
+        row_length: int,
+    ) -> Batch:
+        return self._sft.collate(
+            examples, pad_token_id=pad_token_id, pack=pack, row_length=row_length
+        )
 
     def teacher_for(self, student: nn.Module) -> nn.Module:
         if self._teacher is None:
@@ -116,3 +150,29 @@ class Distillation(SFT):
             else:
                 total = total + _chunk_distillation_sum(*arguments)
         return total, int(targets.numel())
+
+
+class DistillSettings(ObjectiveSettings):
+    name: Literal["distill"] = "distill"
+    teacher: str | None = Field(
+        None, description="Teacher model name or dir (same tokenizer as model.name)."
+    )
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of both models.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KD term vs the NLL.")
+
+
+def _build(settings: DistillSettings, models: ModelSource | None) -> Distillation:
+    if models is None:
+        return Distillation(temperature=settings.temperature, alpha=settings.alpha)
+    teacher = settings.teacher
+    if teacher is None:
+        raise ObjectiveError(
+            "objective distill needs objective.teacher: a model name or local model dir "
+            "with the same tokenizer as model.name."
+        )
+    return Distillation(
+        lambda: models.load(teacher), temperature=settings.temperature, alpha=settings.alpha
+    )
+
+
+register(Registration("distill", DistillSettings, _build, verdict="task", shardable=True))

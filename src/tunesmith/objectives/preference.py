@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -29,6 +31,7 @@ from tunesmith.data.records import Preference, Record, Source
 from tunesmith.objectives.losses import sequence_logprob_sums, trained_tokens_per_row
 from tunesmith.objectives.record_kinds import require_record_kinds
 from tunesmith.objectives.reference import ReferenceModel
+from tunesmith.objectives.registry import ModelSource, ObjectiveSettings, Registration, register
 
 PREFERENCE_LOSSES = ("dpo", "ipo", "orpo")
 
@@ -133,11 +136,13 @@ def orpo_losses(
     return -chosen_mean - beta * F.logsigmoid(log_odds)
 
 
-class PreferencePairData:
+class PairwiseData:
     """How every pairwise objective (dpo, ipo, orpo, reward) reads and batches its data:
-    one unit per pair, chosen and rejected side by side in one padded batch."""
+    one unit per pair, chosen and rejected side by side in one padded batch. The objectives
+    hold one and hand it their `tokenize`, `units` and `collate`."""
 
-    name: str
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def tokenize(
         self,
@@ -169,7 +174,7 @@ class PreferencePairData:
         return collate_pairs(examples, pad_token_id=pad_token_id)
 
 
-class PreferenceOptimization(PreferencePairData):
+class PreferenceOptimization:
     """DPO, IPO or ORPO (``name``) with strength ``beta``; see the module docstring."""
 
     def __init__(
@@ -180,6 +185,10 @@ class PreferenceOptimization(PreferencePairData):
         self.name = name
         self.beta = beta
         self.reference = reference or ReferenceModel()
+        self.pair_data = PairwiseData(name)
+        self.tokenize = self.pair_data.tokenize
+        self.units = self.pair_data.units
+        self.collate = self.pair_data.collate
 
     def loss_sum(self, model: nn.Module, batch: PairBatch) -> tuple[torch.Tensor, int]:
         pairs = batch.pairs
@@ -217,3 +226,46 @@ class PreferenceOptimization(PreferencePairData):
                 beta=self.beta,
             )
         return losses.sum(), pairs
+
+
+def reference_from(models: ModelSource | None) -> ReferenceModel:
+    """The frozen base for reference log-probabilities (loaded on first use, if needed)."""
+    if models is None:
+        return ReferenceModel()
+    return ReferenceModel(lambda: models.load(models.base_model))
+
+
+BETA_HELP = "Preference strength: higher stays closer to the reference."
+
+
+class DpoSettings(ObjectiveSettings):
+    name: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0, description=BETA_HELP)
+
+
+class IpoSettings(ObjectiveSettings):
+    name: Literal["ipo"] = "ipo"
+    beta: float = Field(0.1, gt=0, description=BETA_HELP)
+
+
+class OrpoSettings(ObjectiveSettings):
+    name: Literal["orpo"] = "orpo"
+    beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term vs the NLL.")
+
+
+def _build(settings: DpoSettings | IpoSettings | OrpoSettings, models: ModelSource | None):
+    return PreferenceOptimization(
+        settings.name, beta=settings.beta, reference=reference_from(models)
+    )
+
+
+for _settings in (DpoSettings, IpoSettings, OrpoSettings):
+    register(
+        Registration(
+            _settings.model_fields["name"].default,
+            _settings,
+            _build,
+            verdict="preference",
+            shardable=True,
+        )
+    )

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunesmith.config import ConfigError, load_config
 from tunesmith.data.batching import Batch
-from tunesmith.methods import get_method
 from tunesmith.objectives.errors import ObjectiveError
 from tunesmith.objectives.losses import last_token_hidden_states
-from tunesmith.objectives.preference import PairBatch, PreferencePairData
+from tunesmith.objectives.preference import PairBatch, PairwiseData
+from tunesmith.objectives.registry import ModelSource, ObjectiveSettings, Registration, register
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
 HEAD_ATTRIBUTE = "reward_head"
@@ -55,8 +55,14 @@ def sequence_rewards(model: nn.Module, head: nn.Linear, batch: Batch) -> torch.T
     return head(hidden.to(head.weight.dtype)).squeeze(-1).float()
 
 
-class RewardModelling(PreferencePairData):
+class RewardModelling:
     name = "reward"
+
+    def __init__(self) -> None:
+        self.pair_data = PairwiseData(self.name)
+        self.tokenize = self.pair_data.tokenize
+        self.units = self.pair_data.units
+        self.collate = self.pair_data.collate
 
     def attach_parameters(self, model: nn.Module) -> None:
         """Give the model a trainable scalar head (small random weights, zero bias)."""
@@ -111,6 +117,9 @@ def load_reward_model(run_dir: Path, model_loader: Callable[[str], nn.Module]) -
             f"objective.reward_model {run_dir}: no {REWARD_HEAD_FILE} in {final}. Point it at the "
             "run directory of a finished run with objective reward."
         )
+    from tunesmith.config import ConfigError, load_config  # the run config composes objectives
+    from tunesmith.methods import get_method
+
     try:
         config = load_config(run_dir / "config.yaml")
     except ConfigError as error:
@@ -129,3 +138,14 @@ def load_reward_model(run_dir: Path, model_loader: Callable[[str], nn.Module]) -
     scorer = RewardScorer(model, head).eval()
     scorer.requires_grad_(False)
     return scorer
+
+
+class RewardSettings(ObjectiveSettings):
+    name: Literal["reward"] = "reward"
+
+
+def _build(settings: ObjectiveSettings, models: ModelSource | None) -> RewardModelling:
+    return RewardModelling()
+
+
+register(Registration("reward", RewardSettings, _build, verdict="preference", shardable=False))

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -34,8 +37,11 @@ from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample, TokenizeErro
 from tunesmith.data.validate import Problem
 from tunesmith.objectives.errors import ObjectiveError
 from tunesmith.objectives.losses import trained_token_logprobs, trained_tokens_per_row
+from tunesmith.objectives.preference import reference_from
 from tunesmith.objectives.record_kinds import require_record_kinds
 from tunesmith.objectives.reference import ReferenceModel
+from tunesmith.objectives.registry import ModelSource, ObjectiveSettings, Registration, register
+from tunesmith.objectives.reward import load_reward_model
 
 RewardFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(input_ids, attention_mask) of right-padded prompt+completion rows → one score per row."""
@@ -305,3 +311,40 @@ class GroupRelativePolicyOptimization:
         per_completion = per_token.new_zeros(advantages.shape[0]).index_add(0, rows, per_token)
         per_completion = per_completion / trained_tokens_per_row(completions).clamp(min=1)
         return per_completion.view(prompts, self.group_size).mean(dim=1).sum(), prompts
+
+
+class RlhfSettings(ObjectiveSettings):
+    name: Literal["rlhf"] = "rlhf"
+    reward_model: Path | None = Field(
+        None, description="Run directory of a finished `objective: reward` run."
+    )
+    beta: float = Field(0.1, gt=0, description="Weight of the KL penalty to the reference.")
+    group_size: int = Field(
+        4, ge=2, description="Completions sampled per prompt (advantages are group-relative)."
+    )
+    max_new_tokens: int = Field(32, ge=1, description="Longest sampled completion, in tokens.")
+    clip_range: float = Field(0.2, gt=0, lt=1, description="Policy-ratio clipping epsilon.")
+
+
+def _build(settings: RlhfSettings, models: ModelSource | None) -> GroupRelativePolicyOptimization:
+    options = {
+        "beta": settings.beta,
+        "group_size": settings.group_size,
+        "max_new_tokens": settings.max_new_tokens,
+        "clip_range": settings.clip_range,
+    }
+    if models is None:
+        return GroupRelativePolicyOptimization(**options)
+    if settings.reward_model is None:
+        raise ObjectiveError(
+            "objective rlhf needs objective.reward_model: the run directory of a finished "
+            "run with objective reward."
+        )
+    return GroupRelativePolicyOptimization(
+        load_reward_model(settings.reward_model, models.load),
+        reference=reference_from(models),
+        **options,
+    )
+
+
+register(Registration("rlhf", RlhfSettings, _build, verdict="preference", shardable=False))

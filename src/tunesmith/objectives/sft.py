@@ -7,6 +7,7 @@ trains on every token.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from tunesmith.data.tokenize import (
     tokenize_texts,
 )
 from tunesmith.objectives.losses import causal_lm_nll_sum
+from tunesmith.objectives.registry import ModelSource, ObjectiveSettings, Registration, register
 
 
 class SFT:
@@ -64,3 +66,14 @@ class SFT:
 
     def loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         return causal_lm_nll_sum(model, batch)
+
+
+class SftSettings(ObjectiveSettings):
+    name: Literal["sft"] = "sft"
+
+
+def _build(settings: ObjectiveSettings, models: ModelSource | None) -> SFT:
+    return SFT()
+
+
+register(Registration("sft", SftSettings, _build, verdict="task", shardable=True))

@@ -1,0 +1,324 @@
+"""tunesmith as Python functions: the one front door under every entry point.
+
+The CLI, the HTTP server and the jobs worker all build a `RunConfig` and call these, so
+a run started from any of them is the same run. Each function composes parts from the
+stages (`data`, `models`, `methods`, `objectives`, `engine`, `evaluate`) and returns a
+value; printing is the caller's business, except the progress bar of `train`.
+
+    from tunesmith import api
+    from tunesmith.config import load_config
+
+    config = load_config(overrides=["data.train=[my.jsonl]"])
+    summary = api.train(config)
+    result = api.evaluate(summary.run_dir)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from tunesmith.config import RunConfig
+from tunesmith.data.load import PreparedRecords, prepare_configured_records
+from tunesmith.engine import checkpoint as ckpt
+from tunesmith.engine.checkpointer import Checkpointer
+from tunesmith.engine.loop import LoopResult, evaluate_loss, planned_steps, run_loop
+from tunesmith.engine.parallel import Parallel, Processes, build_parallel, strategy_from_launcher
+from tunesmith.engine.progress import TrainingProgress
+from tunesmith.engine.resume import Resumer, resume_contract
+from tunesmith.engine.signals import StopRequest
+from tunesmith.engine.threads import configure_threads
+from tunesmith.engine.trackers import Trackers
+from tunesmith.methods import count_parameters
+from tunesmith.models import enable_gradient_checkpointing, pick_device, pick_dtype
+from tunesmith.runs import RunPaths
+from tunesmith.training import (
+    TrainableModel,
+    TrainingData,
+    TrainSummary,
+    build_trainable_model,
+    logged_val_loss_before_training,
+    prepare_training_data,
+    write_final,
+)
+
+__all__ = ["evaluate", "merge", "prepare_data", "train"]
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: str | None = None,
+    allow_mismatch: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> TrainSummary:
+    """Fine-tune as `config` says and write the run directory; returns what was produced.
+
+    ``resume`` is 'auto' (the newest complete checkpoint of the run) or a checkpoint path;
+    ``allow_mismatch`` continues a checkpoint whose settings differ (each one listed).
+    """
+    console = console or Console()
+    processes = Processes.join()
+    threads = configure_threads(config.train.threads, processes.local_world_size)
+    paths = RunPaths(config.run_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    # Before any model or data is loaded: a wrong --resume path fails in a second.
+    resume_from = ckpt.resolve_resume(paths.root, resume) if resume else None
+    if processes.rank == 0:
+        paths.config.write_text(config.to_yaml(), encoding="utf-8")
+    device = pick_device(config.train.device)
+    dtype = pick_dtype(config.train.precision, device)
+    trainable = build_trainable_model(
+        config, device=device, dtype=torch.float32 if device.type == "cpu" else dtype
+    )
+    data = prepare_training_data(
+        config, trainable.objective, trainable.tokenizer, paths, write_report=processes.rank == 0
+    )
+    plan = _plan(config, trainable, data, processes, device, dtype)
+    if processes.rank == 0:
+        console.print(_banner(config, trainable, data, plan, processes, threads))
+        if resume and resume_from is None:
+            console.print(f"no complete checkpoint in {paths.checkpoints}: starting fresh")
+    if resume_from is None:
+        val_before = _start_fresh(paths, processes.rank, trainable, data, plan)
+    else:
+        val_before = logged_val_loss_before_training(paths.metrics)
+    resumer = Resumer(
+        resume_from, plan.contract, plan.parallel, processes.rank, paths.checkpoints,
+        allow_mismatch=allow_mismatch, say=console.print,
+    )  # fmt: skip
+    result = _run_loop(config, trainable, data, plan, paths, processes, resumer, show_progress)
+    val_after = None
+    if not result.stopped_by_signal:
+        if result.best_trainable_state is not None:
+            plan.parallel.load_trainable_state(result.best_trainable_state)
+        if data.validation:
+            val_after = _validation_loss(trainable, data, plan)
+        write_final(trainable, plan.parallel, processes, paths.final)
+    summary = _summary(
+        paths, processes.rank, result, resume_from is not None, val_before, val_after,
+        count_parameters(trainable.model),
+    )  # fmt: skip
+    if processes.rank == 0:
+        paths.summary.write_text(summary.to_json(), encoding="utf-8")
+    processes.barrier()
+    return summary
+
+
+@dataclass
+class _Plan:
+    """What the run derives from its config, its data and its processes before training."""
+
+    parallel: Parallel
+    learning_rate: float
+    pack: bool
+    total_steps: int
+    device: torch.device
+    dtype: torch.dtype
+    contract: dict[str, object]
+    eval_options: dict[str, object]
+    """How validation batches are built and run (the loop's own settings)."""
+
+
+def _plan(
+    config: RunConfig,
+    trainable: TrainableModel,
+    data: TrainingData,
+    processes: Processes,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> _Plan:
+    if config.train.gradient_checkpointing:
+        enable_gradient_checkpointing(trainable.model)
+    parallel = build_parallel(
+        strategy_from_launcher(config.train.strategy),
+        trainable.model,
+        trainable.objective,
+        processes,
+        method=trainable.method,
+    )
+    learning_rate = config.train.learning_rate or trainable.method.default_learning_rate
+    total_steps = planned_steps(config.train, len(data.train), processes.world_size)
+    contract = resume_contract(
+        data_fingerprint=data.fingerprint,
+        micro_batch_size=config.train.batch_size,
+        gradient_accumulation=config.train.gradient_accumulation,
+        world_size=processes.world_size,
+        strategy=parallel.name,
+        seed=config.train.seed,
+        total_steps=total_steps,
+        learning_rate=learning_rate,
+        lr_scheduler=config.train.lr_scheduler,
+        warmup_ratio=config.train.warmup_ratio,
+        model=str(config.model.name),
+        method=config.method.model_dump(mode="json"),
+        objective=config.objective.model_dump(mode="json"),
+    )
+    pack = config.train.packing and trainable.method.packs
+    eval_options = dict(
+        max_tokens_per_forward=config.train.max_tokens_per_forward,
+        batch_size=config.train.batch_size,
+        pad_token_id=trainable.tokenizer.pad_token_id,
+        pack=pack,
+        row_length=config.data.max_length,
+        device=device,
+        parallel=parallel,
+    )
+    return _Plan(parallel, learning_rate, pack, total_steps, device, dtype, contract, eval_options)
+
+
+def _validation_loss(trainable: TrainableModel, data: TrainingData, plan: _Plan) -> float:
+    return evaluate_loss(trainable.model, trainable.objective, data.validation, **plan.eval_options)
+
+
+def _start_fresh(
+    paths: RunPaths, rank: int, trainable: TrainableModel, data: TrainingData, plan: _Plan
+) -> float | None:
+    """Empty logs, and the validation loss before any training (logged as step 0)."""
+    if rank == 0:
+        paths.metrics.write_text("", encoding="utf-8")
+    paths.root.joinpath(f"samples.rank{rank}.jsonl").write_text("", encoding="utf-8")
+    if not data.validation:
+        return None
+    loss = _validation_loss(trainable, data, plan)
+    if rank == 0:
+        with paths.metrics.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps({"step": 0, "val_loss": loss}) + "\n")
+    return loss
+
+
+def _run_loop(
+    config: RunConfig,
+    trainable: TrainableModel,
+    data: TrainingData,
+    plan: _Plan,
+    paths: RunPaths,
+    processes: Processes,
+    resumer: Resumer,
+    show_progress: bool,
+) -> LoopResult:
+    checkpointer = Checkpointer(
+        paths.root, plan.parallel, processes, plan.contract, config.model_dump(mode="json"),
+        keep=config.train.keep_checkpoints,
+    )  # fmt: skip
+    rank = processes.rank
+    trackers = Trackers(
+        config.train.report_to if rank == 0 else [], paths.root, config.model_dump(mode="json")
+    )
+    half_precision = plan.device.type == "cuda" and plan.dtype != torch.float32
+    with (
+        StopRequest() as stop,
+        TrainingProgress(plan.total_steps, enabled=show_progress and rank == 0) as progress,
+    ):
+        result = run_loop(
+            trainable.model,
+            trainable.objective,
+            data.train,
+            data.validation,
+            settings=config.train,
+            learning_rate=plan.learning_rate,
+            pad_token_id=trainable.tokenizer.pad_token_id,
+            row_length=config.data.max_length,
+            pack=plan.pack,
+            device=plan.device,
+            metrics_path=paths.metrics,
+            progress=progress,
+            autocast_dtype=plan.dtype if half_precision else None,
+            parallel=plan.parallel,
+            resume=resumer,
+            save=checkpointer,
+            stop_requested=lambda: processes.any(stop.requested),
+            on_metrics=trackers.log,
+        )
+    trackers.close()
+    return result
+
+
+def _banner(
+    config: RunConfig,
+    trainable: TrainableModel,
+    data: TrainingData,
+    plan: _Plan,
+    processes: Processes,
+    threads: int,
+) -> str:
+    trainable_count, total_count = count_parameters(trainable.model)
+    world = processes.world_size
+    effective = config.train.batch_size * config.train.gradient_accumulation * world
+    return (
+        f"trainable: {trainable_count:,} of {total_count:,} "
+        f"({100 * trainable_count / total_count:.2f}%)  method {trainable.method.name}  "
+        f"objective {trainable.objective.name}  lr {plan.learning_rate:g}\n"
+        f"examples: {len(data.train)} train, {len(data.validation)} validation  "
+        f"effective batch size {effective} ({config.train.batch_size} x "
+        f"{config.train.gradient_accumulation} accumulation x {world} process(es)"
+        f"{f', {plan.parallel.name}' if world > 1 else ''})  "
+        f"device {plan.device.type} ({threads} CPU threads)  "
+        f"precision {str(plan.dtype).removeprefix('torch.')}"
+    )
+
+
+def _summary(
+    paths: RunPaths,
+    rank: int,
+    result: LoopResult,
+    resumed: bool,
+    val_before: float | None,
+    val_after: float | None,
+    counts: tuple[int, int],
+) -> TrainSummary:
+    return TrainSummary(
+        run_dir=paths.root,
+        rank=rank,
+        final_dir=paths.final,
+        steps=result.state.step,
+        resumed_at_step=result.state.step - result.steps_run if resumed else None,
+        seconds=round(result.seconds, 2),
+        real_tokens_per_second=round(result.real_tokens_per_second, 1),
+        val_loss_before=val_before,
+        val_loss_after=val_after,
+        best_step=result.state.best_step,
+        trainable=counts[0],
+        total=counts[1],
+        stopped_early=result.stopped_early,
+        stopped_by_signal=result.stopped_by_signal,
+        warnings=result.warnings,
+    )
+
+
+def evaluate(
+    run_dir: Path,
+    *,
+    test_files: Sequence[Path] | None = None,
+    metrics: Sequence[str] | None = None,
+    max_items: int | None = None,
+):
+    """Score the base model (zero-shot, few-shot) and the fine-tuned one; write `eval/`."""
+    from tunesmith.evaluate.stage import evaluate_run
+
+    return evaluate_run(run_dir, test_files=test_files, metrics=metrics, max_items=max_items)
+
+
+def merge(run_dir: Path, out: Path | None = None) -> Path:
+    """Fold the trained adapter into the base weights; returns the plain model's dir."""
+    from tunesmith.methods import get_method
+    from tunesmith.runs import load_trained
+
+    trained = load_trained(run_dir)
+    method = get_method(trained.config.method.name)
+    target = out or RunPaths(run_dir).root / "merged"
+    merged = method.merge(trained.model)
+    merged.save_pretrained(target, safe_serialization=True)
+    trained.tokenizer.save_pretrained(target)
+    return target
+
+
+def prepare_data(config: RunConfig, *, test: Sequence[Path] | None = None) -> PreparedRecords:
+    """Read, validate and split the run's data exactly as `train` will (no tokenizing)."""
+    return prepare_configured_records(config.data, test=test)
