@@ -40,10 +40,10 @@ def base_weight_bytes(model) -> int:
 
 
 def child(method: str, steps: int, out: Path) -> None:
+    from tunesmith.api import train
     from tunesmith.config import load_config
     from tunesmith.methods import get_method
     from tunesmith.models import load_base_model
-    from tunesmith.api import train
 
     with tempfile.TemporaryDirectory() as scratch:
         config = load_config(

@@ -50,8 +50,8 @@ def peak_rss_mb() -> float:
 
 
 def run_tunesmith(examples: int, workdir: Path, overrides: list[str]) -> dict[str, float]:
-    from tunesmith.config import load_config
     from tunesmith.api import train
+    from tunesmith.config import load_config
 
     data = workdir / "train.jsonl"
     data.write_text(

@@ -14,9 +14,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from tunesmith.api import train
 from tunesmith.chat import reply
 from tunesmith.config import load_config
-from tunesmith.api import train
 from tunesmith.quiet import quiet_third_party
 from tunesmith.runs import load_trained
 
