@@ -49,7 +49,7 @@ def child(method: str, steps: int, out: Path) -> None:
         config = load_config(
             PRESET,
             [
-                f"method.name={method}",
+                f"method={{name: {method}}}",  # that method with its own defaults
                 f"train.max_steps={steps}",
                 "train.batch_size=4",
                 "train.eval_every=1000",
