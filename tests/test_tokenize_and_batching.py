@@ -8,9 +8,9 @@ from tunesmith.data.records import Conversation, Message, Source, Text
 from tunesmith.data.tokenize import (
     IGNORE_INDEX,
     TokenizeError,
-    describe_trained_tokens,
     tokenize_conversations,
     tokenize_texts,
+    trained_pieces,
 )
 from tunesmith.objectives.losses import causal_lm_nll_sum
 
@@ -40,7 +40,7 @@ def conversations():
 
 
 def trained_text(tokenizer, example) -> str:
-    return describe_trained_tokens(tokenizer, example, lambda s, t: f"[{s}]" if t else "")
+    return "".join(f"[{text}]" for text, trained in trained_pieces(tokenizer, example) if trained)
 
 
 def test_only_assistant_turns_carry_loss(tiny_tokenizer, conversations) -> None:

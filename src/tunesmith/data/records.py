@@ -8,10 +8,8 @@ can still be reported as ``file:line``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
-Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 
@@ -67,14 +65,3 @@ class Text:
 
 
 Record = Conversation | Preference | Text
-
-
-@dataclass
-class Dataset:
-    """Records of one kind plus the files they came from, in reading order."""
-
-    records: list[Record] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.records)

@@ -24,7 +24,7 @@ over-long record under ``on_overlength: error``.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -400,12 +400,3 @@ def trained_pieces(
     if run:
         pieces.append((tokenizer.decode(run), run_trained))
     return pieces
-
-
-def describe_trained_tokens(
-    tokenizer: PreTrainedTokenizerBase,
-    example: TokenizedExample,
-    mark: Callable[[str, bool], str],
-) -> str:
-    """Decode an example piece by piece, letting `mark` highlight the pieces that carry loss."""
-    return "".join(mark(text, trained) for text, trained in trained_pieces(tokenizer, example))
