@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.config import RunConfig
 from tunesmith.data.cache import tokenize_with_cache
@@ -197,6 +198,8 @@ def train(
             f"device {device.type} ({threads} CPU threads)  "
             f"precision {str(dtype).removeprefix('torch.')}"
         )
+        for warning in report.split_warnings():
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
     autocast = dtype if device.type == "cuda" and dtype != torch.float32 else None
     eval_kwargs = dict(

@@ -261,7 +261,7 @@ def _carve(
     )
     labels, report.stratified_by = stratification_labels(pool)
     indices = split_without_leakage(groups, labels, wanted, seed)
-    report.requested_split = {"train": 1 - wanted[1] - wanted[2]} | {
+    report.requested_split = {"train": round(1 - wanted[1] - wanted[2], 6)} | {
         name: fraction for name, fraction in zip(SPLITS[1:], wanted[1:], strict=True) if fraction
     }
     report.largest_group = indices.largest_group
