@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.config import RunConfig
 from tunesmith.data.load import PreparedRecords, prepare_configured_records
@@ -83,6 +84,8 @@ def train(
     plan = _plan(config, trainable, data, processes, device, dtype)
     if processes.rank == 0:
         console.print(_banner(config, trainable, data, plan, processes, threads))
+        for warning in data.report.split_warnings():
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
         if resume and resume_from is None:
             console.print(f"no complete checkpoint in {paths.checkpoints}: starting fresh")
     if resume_from is None:

@@ -161,3 +161,152 @@ def test_conversations_differing_only_in_the_reply_hash_differently():
     a = Conversation((*prompt, Message("assistant", "x")), Source("f", 1))
     b = Conversation((*prompt, Message("assistant", "y")), Source("f", 2))
     assert content_hash(a) != content_hash(b)
+
+
+LABELS = [f"intent_{name}" for name in "alpha beta gamma delta epsilon".split()]
+PROMPT = (
+    "You are the intent classifier of a voice assistant. Read the request of the user and "
+    "answer with exactly one label from the following list, with no other words, no "
+    "punctuation and no explanation: " + ", ".join(LABELS) + ". If the request fits none "
+    "of them, answer with the label that fits best; never invent a new label."
+)
+WORDS = "play book rate find add check weather music movie table song list".split()
+
+
+def under_prompt(user: str, label: str, prompt: str = PROMPT) -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": prompt},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": label},
+        ]
+    }
+
+
+def request(i: int) -> str:
+    """A short request, distinct from the others (few words, like real intent data)."""
+    return f"{WORDS[i % 12]} the {WORDS[(i // 12) % 12]} number {i} for me"
+
+
+def near_duplicate_warnings(prepared) -> list:
+    return [p for p in prepared.report.problems if p.code == "near_duplicate"]
+
+
+def test_a_shared_system_prompt_makes_no_near_duplicates(write):
+    rows = [under_prompt(request(i), LABELS[i % 5]) for i in range(60)]
+    prepared = prepare_records([write("data.jsonl", rows)])
+    assert prepared.report.near_duplicate_groups == []
+    assert near_duplicate_warnings(prepared) == []
+    assert (len(prepared.train), len(prepared.validation), len(prepared.test)) == (48, 6, 6)
+    (shared,) = prepared.report.shared_text
+    assert shared.records == 60 and shared.messages == [" ".join(PROMPT.casefold().split())]
+
+
+def test_near_copies_of_a_user_message_under_the_prompt_are_still_found(write):
+    rows = [under_prompt(request(i), LABELS[i % 5]) for i in range(60)]
+    rows += [
+        under_prompt(SENTENCE, LABELS[0]),
+        under_prompt(SENTENCE.replace("lazy", "old"), LABELS[0]),
+    ]
+    prepared = prepare_records([write("data.jsonl", rows)])
+    assert [[s.line for s in g] for g in prepared.report.near_duplicate_groups] == [[61, 62]]
+    (warning,) = near_duplicate_warnings(prepared)
+    assert "lines 61, 62" in warning.message or "line 61, line 62" in warning.message
+
+
+def test_a_fixed_instruction_inside_the_user_message_is_left_out_too(write):
+    instruction = (
+        "Classify the following customer message into one of the categories listed in the "
+        "handbook and answer with the category name only, nothing else: "
+    )
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": instruction + request(i)},
+                {"role": "assistant", "content": LABELS[i % 5]},
+            ]
+        }
+        for i in range(40)
+    ]
+    prepared = prepare_records([write("data.jsonl", rows)])
+    assert prepared.report.near_duplicate_groups == []
+    (shared,) = prepared.report.shared_text
+    assert shared.messages == [] and shared.shingles > 10
+
+
+def test_exact_duplicates_still_compare_whole_records(write):
+    rows = [under_prompt(request(i), LABELS[i % 5]) for i in range(30)]
+    rows += [under_prompt(request(3), LABELS[3]), under_prompt(request(4), LABELS[4], "Be brief.")]
+    prepared = prepare_records([write("data.jsonl", rows)])
+    assert [[s.line for s in g] for g in prepared.report.duplicate_groups] == [[4, 31]]
+
+
+def template_rows(copies: int, others: int) -> list[dict]:
+    """``others`` distinct requests, then ``copies`` near copies of one long message."""
+    rows = [under_prompt(request(i), LABELS[i % 5]) for i in range(others)]
+    return rows + [under_prompt(f"{SENTENCE} copy {k}", LABELS[0]) for k in range(copies)]
+
+
+def test_a_group_larger_than_the_evaluation_share_stays_in_train_with_a_warning(write):
+    path = write("data.jsonl", template_rows(copies=40, others=60))
+    for seed in range(5):
+        prepared = prepare_records([path], seed=seed)
+        assert (len(prepared.train), len(prepared.validation), len(prepared.test)) == (80, 10, 10)
+        assert {r.source.line for r in prepared.train} >= set(range(61, 101))
+    (warning,) = [p for p in prepared.report.problems if p.code == "group_kept_in_train"]
+    assert (warning.severity, warning.line) == ("warning", 61)
+    assert "40 records" in warning.message and "lines 61-100" in warning.message
+    assert "validation share (10 records)" in warning.message
+    assert prepared.report.split_warnings() == []
+    assert prepared.report.to_dict()["groups_kept_in_train"] == [
+        {"size": 40, "lines": f"{path} lines 61-100"}
+    ]
+
+
+def test_a_split_off_its_fractions_is_a_warning_naming_the_cause(write):
+    path = write("data.jsonl", template_rows(copies=45, others=55))
+    prepared = prepare_records([path], split=(0.4, 0.3, 0.3))
+    report = prepared.report
+    assert (len(prepared.train), len(prepared.validation), len(prepared.test)) == (45, 30, 25)
+    (message,) = report.split_warnings()
+    assert "train 45 (45.0%, asked 40%)" in message and "test 25 (25.0%, asked 30%)" in message
+    assert "validation" not in message.split("Cause")[0]
+    assert "too large for an evaluation split stayed in train (sizes 45" in message
+    assert f"{path} lines 56-100" in message
+    data = report.to_dict()
+    assert data["split_warnings"] == [message]
+    assert data["split_requested"] == {"train": 0.4, "validation": 0.3, "test": 0.3}
+    (problem,) = [p for p in data["problems"] if p["code"] == "split_off_target"]
+    assert (problem["severity"], problem["message"]) == ("warning", message)
+    codes = sorted(p.code for p in report.warnings)
+    assert codes == ["group_kept_in_train", "near_duplicate", "split_off_target"]
+    assert data["warnings"] == 3
+
+
+def test_records_dropped_after_the_split_are_named_as_the_cause(write, chat):
+    report = prepare_records([write("data.jsonl", [chat(i) for i in range(60)])]).report
+    assert report.split_warnings() == []
+    validation = [s for s, name in report._split_of.items() if name == "validation"]
+    for source in validation[:4]:
+        report.add_dropped("over_length", source)
+    (message,) = report.split_warnings()
+    assert "validation 2 (3.6%, asked 10%)" in message
+    assert "4 validation record(s) dropped after the split (4 over_length)" in message
+
+
+def test_no_split_warning_when_nothing_is_carved(write, chat):
+    train = write("train.jsonl", [chat(i) for i in range(30)])
+    validation = write("validation.jsonl", [chat(i) for i in range(100, 190)])
+    prepared = prepare_records([train], validation=[validation], split=(0.9, 0.1, 0.0))
+    assert prepared.report.split_warnings() == []
+
+
+def test_chat_classification_data_is_stratified_by_its_replies(write):
+    rows = [under_prompt(request(i), LABELS[0]) for i in range(17)]
+    rows += [under_prompt(request(i), LABELS[1]) for i in range(17, 100)]
+    prepared = prepare_records([write("data.jsonl", rows)], seed=1)
+    assert prepared.report.stratified_by == "assistant reply"
+    for name, wanted in (("validation", 0.1), ("test", 0.1), ("train", 0.8)):
+        counts = Counter(r.messages[-1].content for r in getattr(prepared, name))
+        assert abs(counts[LABELS[0]] - 17 * wanted) < 1
+        assert abs(counts[LABELS[1]] - 83 * wanted) < 1

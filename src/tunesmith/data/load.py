@@ -3,10 +3,12 @@
 The trainer and the CLI both call it, so what ``tunesmith data check`` reports
 is exactly what training would use. Steps: read every file (all problems
 collected), drop rows that are invalid (counted), find exact duplicates (warn,
-or drop with ``dedup``), carve the splits the user did not supply without
-splitting a duplicate group, check train against the evaluation splits for
-leakage, and fill a `DataReport`. Any error-level problem raises `DataError`
-carrying every problem and the report; warnings stay in the report.
+or drop with ``dedup``) and near-duplicates (on what varies between records,
+not a shared system prompt), carve the splits the user did not supply without
+splitting a duplicate group or taking more than their fraction, check train
+against the evaluation splits for leakage, and fill a `DataReport`. Any
+error-level problem raises `DataError` carrying every problem and the report;
+warnings stay in the report.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from pathlib import Path
 from tunesmith.config import DataConfig
 from tunesmith.data.formats import read_file
 from tunesmith.data.records import Conversation, Record, Source
-from tunesmith.data.report import SPLITS, DataReport, FileSummary, Leak
+from tunesmith.data.report import SPLITS, DataReport, FileSummary, Leak, line_spans
 from tunesmith.data.split import (
     MinHasher,
     connected_groups,
     content_hash,
     exact_duplicate_groups,
-    normalised_text,
     similar_pairs,
     split_without_leakage,
+    varying_shingles,
 )
 from tunesmith.data.validate import DataError, Problem, check_example_count, has_errors
 
@@ -85,7 +87,9 @@ def prepare_records(
 
     everything = [r for role in SPLITS for r in pools[role]]
     flat_hashes = [h for role in SPLITS for h in hashes[role]]
-    signatures = MinHasher().signatures([normalised_text(r) for r in everything])
+    hasher = MinHasher()
+    shingle_sets, report.shared_text = varying_shingles(everything, hasher)
+    signatures = hasher.signatures_of(shingle_sets)
     near_pairs = [
         (i, j, similarity)
         for i, j, similarity in similar_pairs(signatures)
@@ -184,6 +188,31 @@ def _deduplicate(
     return hashes
 
 
+REPLIES_PER_LABEL = 4
+"""Final assistant replies that repeat this often on average are labels (a classification set)."""
+
+
+def stratification_labels(pool: Sequence[Record]) -> tuple[list[str | None], str | None]:
+    """What to stratify a carved split by, and its name: the records' labels, else the replies.
+
+    Classification data in chat form (a system prompt naming the labels, the user's
+    text, the label as the assistant's reply) has no ``label`` field, but its final
+    replies take a few values, each many times: those are the labels. Replies that
+    mostly differ (ordinary chat) give no strata.
+    """
+    if pool and all(isinstance(r, Conversation) and r.label is not None for r in pool):
+        return [r.label for r in pool], "label"
+    replies = [
+        " ".join(r.messages[-1].content.split())
+        if isinstance(r, Conversation) and r.messages and r.messages[-1].role == "assistant"
+        else None
+        for r in pool
+    ]
+    if pool and None not in replies and len(set(replies)) * REPLIES_PER_LABEL <= len(pool):
+        return replies, "assistant reply"
+    return [None] * len(pool), None
+
+
 def _listing(sources: Sequence[Source], file: str, shown: int = 5) -> str:
     """``lines 3, 9 …`` for rows of ``file``, ``other.jsonl:4`` for rows elsewhere."""
     parts = [f"line {s.line}" if s.file == file else str(s) for s in sources[:shown]]
@@ -230,8 +259,34 @@ def _carve(
         fractions[1] if "validation" in carve else 0.0,
         fractions[2] if "test" in carve else 0.0,
     )
-    labels = [r.label if isinstance(r, Conversation) else None for r in pool]
+    labels, report.stratified_by = stratification_labels(pool)
     indices = split_without_leakage(groups, labels, wanted, seed)
+    report.requested_split = {"train": round(1 - wanted[1] - wanted[2], 6)} | {
+        name: fraction for name, fraction in zip(SPLITS[1:], wanted[1:], strict=True) if fraction
+    }
+    report.largest_group = indices.largest_group
+    for group in indices.too_large:
+        sources = [pool[i].source for i in group]
+        report.too_large_groups.append(sources)
+        shares = " and ".join(
+            f"the {name} share ({round(n * wanted[k + 1])} records)"
+            for k, name in enumerate(SPLITS[1:])
+            if name in carve
+        )
+        report.problems.append(
+            Problem(
+                "group_kept_in_train",
+                sources[0].file,
+                sources[0].line,
+                None,
+                f"{len(sources)} records form one group of duplicates or near-duplicates "
+                f"({line_spans(sources)}), larger than {shares}; the group stays in train so "
+                "that no copy of it is evaluated on.",
+                "Check whether these records are near copies of one template; vary or drop "
+                "them, or give validation/test files of their own.",
+                "warning",
+            )
+        )
     final = dict(pools)
     final["train"] = [pool[i] for i in indices.train]
     if "validation" in carve:

@@ -6,9 +6,14 @@ one) was trained on. So:
 * exact duplicates are found by a hash of the normalised content
   (case-folded, whitespace collapsed, roles kept);
 * near-duplicates by MinHash over word 5-gram shingles with LSH banding, which
-  stays linear in the number of records (no all-pairs comparison);
+  stays linear in the number of records (no all-pairs comparison). Only what
+  varies between records is shingled: a message, or a shingle, found in most
+  records of a file (a shared system prompt, a fixed instruction) says nothing
+  about whether two records are copies, and left in it would make every pair
+  of short records look alike;
 * carved splits keep every duplicate/near-duplicate group on one side, so the
-  split itself can never create leakage;
+  split itself can never create leakage, and never take more than their
+  fraction: a group too large for an evaluation split stays in train;
 * user-supplied eval files are checked against train: an exact overlap is an
   error, a near-duplicate a warning.
 
@@ -19,9 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,23 +38,37 @@ LSH_BANDS = 32
 NEAR_DUP_THRESHOLD = 0.7
 """Estimated Jaccard similarity of word 5-gram sets at or above which two records are near-dups."""
 
+COMMON_SHARE = 0.5
+"""A message or shingle in more than this share of a file's records is shared text, not content."""
+COMMON_MIN_RECORDS = 10
+"""Files with fewer records are too small to tell shared text from a cluster of near copies."""
+
 _SHINGLE_MIX = np.uint64(1_000_003)
 _EMPTY = np.iinfo(np.uint64).max
 _MAX_BUCKET_PAIRS = 64
 """LSH buckets larger than this are linked as a star around their first member, not all pairs."""
 
 
+def record_parts(record: Record) -> list[tuple[str, str]]:
+    """(role, normalised content) of each part of a record: messages, or the text."""
+    if isinstance(record, Text):
+        parts = [("text", record.text)]
+    elif isinstance(record, Conversation):
+        parts = [(m.role, m.content) for m in record.messages]
+    elif isinstance(record, Preference):
+        parts = [(m.role, m.content) for m in record.prompt]
+        parts += [("chosen", record.chosen.content), ("rejected", record.rejected.content)]
+    else:
+        raise TypeError(f"not a record: {type(record).__name__}")
+    return [(role, " ".join(content.casefold().split())) for role, content in parts]
+
+
 def normalised_text(record: Record) -> str:
     """The content two records must share to count as the same example."""
     if isinstance(record, Text):
         parts = [record.text]
-    elif isinstance(record, Conversation):
-        parts = [f"{m.role}: {m.content}" for m in record.messages]
-    elif isinstance(record, Preference):
-        parts = [f"{m.role}: {m.content}" for m in record.prompt]
-        parts += [f"chosen: {record.chosen.content}", f"rejected: {record.rejected.content}"]
     else:
-        raise TypeError(f"not a record: {type(record).__name__}")
+        parts = [f"{role}: {content}" for role, content in record_parts(record)]
     return " ".join(" ".join(parts).casefold().split())
 
 
@@ -95,12 +114,18 @@ class MinHasher:
 
     def signatures(self, texts: Sequence[str], chunk_shingles: int = 1 << 14) -> np.ndarray:
         """(len(texts), num_perm) uint64 matrix; an empty text gets the all-max signature."""
-        out = np.full((len(texts), len(self.a)), _EMPTY, dtype=np.uint64)
+        return self.signatures_of([self.shingles(text) for text in texts], chunk_shingles)
+
+    def signatures_of(
+        self, shingle_sets: Sequence[np.ndarray], chunk_shingles: int = 1 << 14
+    ) -> np.ndarray:
+        """Signatures of precomputed shingle-hash sets (`varying_shingles`); empty → all-max."""
+        out = np.full((len(shingle_sets), len(self.a)), _EMPTY, dtype=np.uint64)
         start = 0
-        while start < len(texts):
+        while start < len(shingle_sets):
             sets, total, stop = [], 0, start
-            while stop < len(texts) and (total < chunk_shingles or stop == start):
-                sets.append(self.shingles(texts[stop]))
+            while stop < len(shingle_sets) and (total < chunk_shingles or stop == start):
+                sets.append(shingle_sets[stop])
                 total += len(sets[-1])
                 stop += 1
             lengths = np.array([len(s) for s in sets])
@@ -112,6 +137,72 @@ class MinHasher:
                 out[start + present] = np.minimum.reduceat(hashed, offsets, axis=0)
             start = stop
         return out
+
+
+@dataclass(frozen=True)
+class SharedText:
+    """What `varying_shingles` left out of one file: messages and shingles most records share."""
+
+    file: str
+    records: int
+    messages: list[str]
+    shingles: int
+
+
+def varying_shingles(
+    records: Sequence[Record], hasher: MinHasher
+) -> tuple[list[np.ndarray], list[SharedText]]:
+    """Each record's shingle hashes without the text most records of its file share.
+
+    A system prompt that lists the labels, or a fixed instruction, is the same in
+    every record; shingled with the rest it outweighs a short user message, so any
+    two records look alike. Per file (at least `COMMON_MIN_RECORDS` records), a
+    message whose content is in more than `COMMON_SHARE` of the records is left out,
+    then any shingle in more than that share of the remaining sets. What one file
+    shares is left out of every record, so an evaluation file compares against the
+    training data on the same terms. Shingles never span two messages, and carry the
+    message's role. Exact duplicates are not judged here: they compare whole records.
+    """
+    parts = [record_parts(record) for record in records]
+    by_file: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        by_file[record.source.file].append(index)
+    judged = {file: ix for file, ix in by_file.items() if len(ix) >= COMMON_MIN_RECORDS}
+
+    messages_of: dict[str, set[tuple[str, str]]] = {}
+    for file, indices in judged.items():
+        counts = Counter(part for i in indices for part in set(parts[i]))
+        limit = COMMON_SHARE * len(indices)
+        messages_of[file] = {part for part, count in counts.items() if count > limit}
+    common_messages = set().union(*messages_of.values())
+
+    sets = []
+    for own in parts:
+        kept = [
+            _role_mixed(hasher.shingles(content), role)
+            for role, content in own
+            if (role, content) not in common_messages
+        ]
+        sets.append(np.unique(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.uint64))
+
+    shared: list[SharedText] = []
+    frequent_of: list[np.ndarray] = []
+    for file, indices in judged.items():
+        values, counts = np.unique(np.concatenate([sets[i] for i in indices]), return_counts=True)
+        frequent = values[counts > COMMON_SHARE * len(indices)]
+        frequent_of.append(frequent)
+        messages = sorted(content for _, content in messages_of[file])
+        if messages or len(frequent):
+            shared.append(SharedText(file, len(indices), messages, len(frequent)))
+    if any(len(f) for f in frequent_of):
+        drop = np.unique(np.concatenate(frequent_of))
+        sets = [s[~np.isin(s, drop)] for s in sets]
+    return sets, shared
+
+
+def _role_mixed(shingles: np.ndarray, role: str) -> np.ndarray:
+    """Shingle hashes tied to the role that said them (a user line is not an assistant line)."""
+    return shingles * _SHINGLE_MIX + np.uint64(zlib.crc32(role.encode("utf-8")))
 
 
 def similar_pairs(
@@ -176,11 +267,18 @@ def connected_groups(n: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
 
 @dataclass(frozen=True)
 class SplitIndices:
-    """Positions (into the pool that was split) of the records in each split."""
+    """Positions (into the pool that was split) of the records in each split.
+
+    ``too_large`` lists the groups (sorted positions) kept in train because they are
+    larger than every evaluation split they could have gone to; ``largest_group`` is
+    the size of the largest group, to explain a split that could not be carved finely.
+    """
 
     train: list[int]
     validation: list[int]
     test: list[int]
+    too_large: list[list[int]] = field(default_factory=list)
+    largest_group: int = 0
 
 
 def split_without_leakage(
@@ -192,8 +290,14 @@ def split_without_leakage(
     """Seeded split that keeps each group whole, stratified by label when every record has one.
 
     ``fractions`` are (train, validation, test); a zero fraction gives an empty split.
-    Within each stratum groups are shuffled, then validation and test are filled up to
-    their target sizes and the rest goes to train.
+    Validation and test get ``round(n * fraction)`` records at most, shared among the
+    labels by largest remainder so each label is within one record of its share. Groups
+    are shuffled within each label and go to an evaluation split only while they fit
+    in what it still lacks (its share of this label plus what earlier labels fell
+    short of), then a second pass tops the splits up from any label. So a split never
+    takes more than its share, and falls short by less than the smallest group left in
+    train: a giant group of near-copies stays in train instead of swallowing the
+    evaluation split (and the training data with it).
     """
     _, val_frac, test_frac = fractions
     members: dict[int, list[int]] = defaultdict(list)
@@ -203,25 +307,62 @@ def split_without_leakage(
     strata: dict[str | None, list[int]] = defaultdict(list)
     for group in members:
         strata[labels[group] if stratify else None].append(group)
-
+    keys = sorted(strata, key=str)
+    sizes = [sum(len(members[g]) for g in strata[key]) for key in keys]
     rng = np.random.default_rng(seed)
-    result = SplitIndices([], [], [])
-    for key in sorted(strata, key=str):
-        stratum = strata[key]
-        size = sum(len(members[g]) for g in stratum)
-        val_target, test_target = round(size * val_frac), round(size * test_frac)
-        train, validation, test = [], [], []
-        for position in rng.permutation(len(stratum)):
-            group = members[stratum[position]]
-            if len(validation) < val_target:
-                validation.extend(group)
-            elif len(test) < test_target:
-                test.extend(group)
+    quotas = [_largest_remainder(sizes, frac, rng) for frac in (val_frac, test_frac)]
+
+    placed: list[list[int]] = [[], []]
+    counts = [0, 0]
+    allowed = [0, 0]
+    train_groups: list[int] = []
+    for k, key in enumerate(keys):
+        allowed = [allowed[split] + quotas[split][k] for split in (0, 1)]
+        for position in rng.permutation(len(strata[key])):
+            group = strata[key][position]
+            size = len(members[group])
+            split = next((s for s in (0, 1) if counts[s] + size <= allowed[s]), None)
+            if split is None:
+                train_groups.append(group)
             else:
-                train.extend(group)
-        result.train.extend(train)
-        result.validation.extend(validation)
-        result.test.extend(test)
-    for part in (result.train, result.validation, result.test):
-        part.sort()
-    return result
+                placed[split].append(group)
+                counts[split] += size
+    for split in (0, 1):
+        still_train = []
+        for group in train_groups:
+            if counts[split] + len(members[group]) <= allowed[split]:
+                placed[split].append(group)
+                counts[split] += len(members[group])
+            else:
+                still_train.append(group)
+        train_groups = still_train
+
+    shares = [share for share in allowed if share > 0]
+    return SplitIndices(
+        train=sorted(i for g in train_groups for i in members[g]),
+        validation=sorted(i for g in placed[0] for i in members[g]),
+        test=sorted(i for g in placed[1] for i in members[g]),
+        too_large=sorted(
+            sorted(members[g]) for g in train_groups if shares and len(members[g]) > max(shares)
+        ),
+        largest_group=max((len(m) for m in members.values()), default=0),
+    )
+
+
+def _largest_remainder(
+    sizes: Sequence[int], fraction: float, rng: np.random.Generator
+) -> list[int]:
+    """Whole-record shares of ``fraction`` per stratum, summing to ``round(total * fraction)``.
+
+    Each stratum gets the floor of its exact share; the records left over go to the
+    strata with the largest remainders (ties in a seeded order), so every stratum is
+    within one record of its exact share and the total matches the whole split.
+    """
+    exact = [size * fraction for size in sizes]
+    shares = [int(np.floor(x)) for x in exact]
+    spare = round(sum(sizes) * fraction) - sum(shares)
+    tie = rng.permutation(len(sizes))
+    by_remainder = sorted(range(len(sizes)), key=lambda k: (shares[k] - exact[k], tie[k]))
+    for k in by_remainder[: max(spare, 0)]:
+        shares[k] += 1
+    return shares
