@@ -172,7 +172,8 @@ def backward_window(
     divided by the trained tokens of the whole window (all processes), never per micro-batch.
 
     When the strategy needs every process to run as many passes as the busiest one (FSDP),
-    the missing passes run ``filler`` examples with weight zero.
+    or at least one (DDP), the missing passes run ``filler`` examples with weight zero. Only
+    the last pass reduces gradients across processes (DDP's ``no_sync`` before it).
     Returns the window's summed loss (float64), its real tokens and the example sources.
     """
     parallel = parallel or Replicated(model, objective, Processes())
@@ -195,10 +196,11 @@ def backward_window(
     missing = parallel.forwards_to_run(len(pieces)) - len(pieces)
     if missing:
         pieces.extend([(pieces_of(filler)[1][0], 0.0)] * missing)
-    for piece, weight in pieces:
-        with _autocast(device, autocast_dtype):
-            loss_sum, _units = parallel.loss_sum(piece)
-        (loss_sum * (weight / max(1, window_tokens))).backward()
+    for index, (piece, weight) in enumerate(pieces):
+        with parallel.gradient_pass(last=index == len(pieces) - 1):
+            with _autocast(device, autocast_dtype):
+                loss_sum, _units = parallel.loss_sum(piece)
+            (loss_sum * (weight / max(1, window_tokens))).backward()
         if weight:
             step_loss += loss_sum.detach().double()
     return step_loss, real_tokens, sources
