@@ -19,7 +19,11 @@ from tunesmith.config import RunConfig
 from tunesmith.data.cache import tokenize_with_cache
 from tunesmith.data.load import prepare_configured_records
 from tunesmith.engine import checkpoint as ckpt
+from tunesmith.engine.batches import BatchSettings
 from tunesmith.engine.loop import (
+    Checkpointer,
+    LoopOutput,
+    LoopSettings,
     LoopState,
     TrainingError,
     evaluate_loss,
@@ -199,14 +203,12 @@ def train(
         )
 
     autocast = dtype if device.type == "cuda" and dtype != torch.float32 else None
-    eval_kwargs = dict(
-        max_tokens_per_forward=config.train.max_tokens_per_forward,
-        batch_size=config.train.batch_size,
+    batches = BatchSettings.of(
+        config.train,
         pad_token_id=tokenizer.pad_token_id,
         pack=pack,
         row_length=config.data.max_length,
         device=device,
-        parallel=parallel,
     )
     total_steps = planned_steps(config.train, len(train_examples), world_size)
     # What a resumed run must share with the one that saved the checkpoint to continue it
@@ -235,7 +237,9 @@ def train(
             paths.metrics.write_text("", encoding="utf-8")
         paths.root.joinpath(f"samples.rank{rank}.jsonl").write_text("", encoding="utf-8")
         val_before = (
-            evaluate_loss(model, objective, val_examples, **eval_kwargs) if val_examples else None
+            evaluate_loss(model, objective, val_examples, batches=batches, parallel=parallel)
+            if val_examples
+            else None
         )
         if rank == 0 and val_before is not None:
             with paths.metrics.open("a") as stream:
@@ -314,20 +318,12 @@ def train(
             objective,
             train_examples,
             val_examples,
-            settings=config.train,
-            learning_rate=learning_rate,
-            pad_token_id=tokenizer.pad_token_id,
-            row_length=config.data.max_length,
-            pack=pack,
-            device=device,
-            metrics_path=paths.metrics,
-            progress=progress,
-            autocast_dtype=autocast,
+            settings=LoopSettings(config.train, learning_rate, autocast_dtype=autocast),
+            batches=batches,
+            output=LoopOutput(paths.metrics, progress, on_metrics=trackers.log),
             parallel=parallel,
-            resume=restore,
-            save=save,
+            checkpointer=Checkpointer(restore=restore, save=save),
             stop_requested=lambda: processes.any(stop.requested),
-            on_metrics=trackers.log,
         )
     trackers.close()
     resumed_at = result.state.step - result.steps_run if resume_from is not None else None
@@ -337,7 +333,9 @@ def train(
         parallel.load_trainable_state(result.best_trainable_state)
     val_after = None
     if val_examples and finished:
-        val_after = evaluate_loss(model, objective, val_examples, **eval_kwargs)
+        val_after = evaluate_loss(
+            model, objective, val_examples, batches=batches, parallel=parallel
+        )
     if finished:
         whole = model
         if not isinstance(parallel, Replicated):

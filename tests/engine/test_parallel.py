@@ -17,6 +17,7 @@ from tests.conftest import build_tiny_model, build_tiny_tokenizer
 
 from tunesmith.data.records import Source
 from tunesmith.data.tokenize import TokenizedExample
+from tunesmith.engine.batches import BatchSettings
 from tunesmith.engine.loop import backward_window
 from tunesmith.engine.parallel import (
     ParallelError,
@@ -116,19 +117,21 @@ def _window_in_two_processes(rank: int, workdir: str) -> None:
     ]
     window = [examples[i : i + 2] for i in range(0, 8, 2)]
     tokens = sum(objective.units(example) for example in examples)
-    collate = dict(pad_token_id=3, pack=True, row_length=64, device=torch.device("cpu"))
+    batches = BatchSettings(3, pack=True, row_length=64, batch_size=2, device=torch.device("cpu"))
 
     model = build_tiny_model(len(tokenizer)).train()
     parallel = Replicated(model, objective, Processes(2, rank, 2))
     loss, _, _ = backward_window(
-        model, objective, window[rank::2], window_tokens=tokens, parallel=parallel, **collate
+        model, objective, window[rank::2], window_tokens=tokens, parallel=parallel, batches=batches
     )
     during_backward = list(reductions)
     reductions.clear()
     parallel.finish_gradients(list(model.parameters()), loss)
 
     alone = build_tiny_model(len(tokenizer)).train()
-    alone_loss, _, _ = backward_window(alone, objective, window, window_tokens=tokens, **collate)
+    alone_loss, _, _ = backward_window(
+        alone, objective, window, window_tokens=tokens, batches=batches
+    )
     difference = max(
         float((p.grad - q.grad).abs().max())
         for p, q in zip(model.parameters(), alone.parameters(), strict=True)
