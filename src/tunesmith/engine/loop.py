@@ -347,10 +347,25 @@ def run_loop(
     parallel.module.train()
     with MetricsLog(output, processes.rank, resumed_at_step=state.step) as log:
         loop = _Loop(
-            model, objective, train_examples, val_examples, settings, batches, parallel,
-            plan, total_steps, parameters, optimizer, scheduler, state, best_state, log,
-            output.progress, checkpointer, stop_requested,
-        )  # fmt: skip
+            model=model,
+            objective=objective,
+            train_examples=train_examples,
+            val_examples=val_examples,
+            settings=settings,
+            batches=batches,
+            parallel=parallel,
+            plan=plan,
+            total_steps=total_steps,
+            parameters=parameters,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state=state,
+            best_state=best_state,
+            log=log,
+            progress=output.progress,
+            checkpointer=checkpointer,
+            stop_requested=stop_requested,
+        )
         return loop.run()
 
 
