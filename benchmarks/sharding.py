@@ -38,6 +38,7 @@ def worker(strategy: str, steps: int) -> None:
     import torch
 
     from tunesmith.data.load import prepare_records
+    from tunesmith.engine.batches import BatchSettings
     from tunesmith.engine.loop import backward_window
     from tunesmith.engine.parallel import Processes, build_parallel
     from tunesmith.methods import get_method, method_settings
@@ -65,8 +66,11 @@ def worker(strategy: str, steps: int) -> None:
         _, real, _ = backward_window(
             model, objective, [mine],
             window_tokens=sum(objective.units(e) for e in group),
-            pad_token_id=loaded.tokenizer.pad_token_id, pack=True, row_length=256,
-            device=torch.device("cpu"), parallel=parallel, filler=group[:1],
+            batches=BatchSettings(
+                loaded.tokenizer.pad_token_id, pack=True, row_length=256,
+                batch_size=BATCH_PER_PROCESS, device=torch.device("cpu"),
+            ),
+            parallel=parallel, filler=group[:1],
         )  # fmt: skip
         parallel.finish_gradients(parameters, torch.zeros((), dtype=torch.float64))
         optimizer.step()

@@ -215,6 +215,7 @@ def _loss_on(model, tokenizer, rows: list[dict[str, str]]) -> float:
     import torch
 
     from tunesmith.data.records import Conversation, Message, Source
+    from tunesmith.engine.batches import BatchSettings
     from tunesmith.engine.loop import evaluate_loss
     from tunesmith.objectives import get_objective
 
@@ -233,11 +234,13 @@ def _loss_on(model, tokenizer, rows: list[dict[str, str]]) -> float:
         model,
         objective,
         scored,
-        batch_size=SETTINGS["batch_size"],
-        pad_token_id=tokenizer.pad_token_id,
-        pack=True,
-        row_length=SETTINGS["max_length"],
-        device=torch.device("cpu"),
+        batches=BatchSettings(
+            pad_token_id=tokenizer.pad_token_id,
+            pack=True,
+            row_length=SETTINGS["max_length"],
+            batch_size=SETTINGS["batch_size"],
+            device=torch.device("cpu"),
+        ),
     )
 
 

@@ -9,7 +9,15 @@ import torch
 from tunesmith.config import TrainConfig
 from tunesmith.data.records import Conversation, Message, Source
 from tunesmith.data.tokenize import tokenize_conversations
-from tunesmith.engine.loop import TrainingError, backward_window, overfitting_warning, run_loop
+from tunesmith.engine.batches import BatchSettings
+from tunesmith.engine.loop import (
+    LoopOutput,
+    LoopSettings,
+    TrainingError,
+    backward_window,
+    overfitting_warning,
+    run_loop,
+)
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.methods import get_method, method_settings
 from tunesmith.models import enable_gradient_checkpointing
@@ -25,6 +33,15 @@ QUESTIONS = [
     ("one word", "spam"),
     ("another word", "ham positive negative"),
 ]
+
+
+CPU = torch.device("cpu")
+
+
+def tiny_batches(tokenizer, settings: TrainConfig) -> BatchSettings:
+    return BatchSettings.of(
+        settings, pad_token_id=tokenizer.pad_token_id, pack=True, row_length=128, device=CPU
+    )
 
 
 def examples(tokenizer):
@@ -45,11 +62,14 @@ def gradients_after(
         get_objective("sft"),
         micro_batches,
         window_tokens=window,
-        pad_token_id=pad,
-        pack=True,
-        row_length=128,
-        device=torch.device("cpu"),
-        max_tokens_per_forward=max_tokens,
+        batches=BatchSettings(
+            pad,
+            pack=True,
+            row_length=128,
+            batch_size=8,
+            device=CPU,
+            max_tokens_per_forward=max_tokens,
+        ),
     )
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return float(loss) / window, grads
@@ -124,14 +144,9 @@ def train_tiny(tokenizer, model, tmp_path: Path, learning_rate: float = 1e-2, **
             get_objective("sft"),
             data,
             data,
-            settings=config,
-            learning_rate=learning_rate,
-            pad_token_id=tokenizer.pad_token_id,
-            row_length=128,
-            pack=True,
-            device=torch.device("cpu"),
-            metrics_path=tmp_path / "metrics.jsonl",
-            progress=progress,
+            settings=LoopSettings(config, learning_rate),
+            batches=tiny_batches(tokenizer, config),
+            output=LoopOutput(tmp_path / "metrics.jsonl", progress),
         )
 
 
@@ -209,20 +224,16 @@ class PoisonedSFT:
 
 def run_poisoned(tokenizer, model, tmp_path, poisoned: set[int], steps: int):
     data = examples(tokenizer)
+    settings = TrainConfig(max_steps=steps, batch_size=8, warmup_ratio=0.0)
     with TrainingProgress(100, enabled=False) as progress:
         return run_loop(
             model,
             PoisonedSFT(poisoned),
             data,
             [],
-            settings=TrainConfig(max_steps=steps, batch_size=8, warmup_ratio=0.0),
-            learning_rate=1e-2,
-            pad_token_id=tokenizer.pad_token_id,
-            row_length=128,
-            pack=True,
-            device=torch.device("cpu"),
-            metrics_path=tmp_path / "metrics.jsonl",
-            progress=progress,
+            settings=LoopSettings(settings, learning_rate=1e-2),
+            batches=tiny_batches(tokenizer, settings),
+            output=LoopOutput(tmp_path / "metrics.jsonl", progress),
         )
 
 

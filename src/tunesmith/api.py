@@ -27,8 +27,17 @@ from rich.markup import escape
 from tunesmith.config import RunConfig
 from tunesmith.data.load import PreparedRecords, prepare_configured_records
 from tunesmith.engine import checkpoint as ckpt
-from tunesmith.engine.checkpointer import Checkpointer
-from tunesmith.engine.loop import LoopResult, evaluate_loss, planned_steps, run_loop
+from tunesmith.engine.batches import BatchSettings
+from tunesmith.engine.checkpoint_writer import CheckpointWriter
+from tunesmith.engine.loop import (
+    Checkpointer,
+    LoopOutput,
+    LoopResult,
+    LoopSettings,
+    evaluate_loss,
+    planned_steps,
+    run_loop,
+)
 from tunesmith.engine.parallel import Parallel, Processes, build_parallel, strategy_from_launcher
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.engine.resume import Resumer, resume_contract
@@ -120,13 +129,11 @@ class _Plan:
 
     parallel: Parallel
     learning_rate: float
-    pack: bool
     total_steps: int
     device: torch.device
     dtype: torch.dtype
     contract: dict[str, object]
-    eval_options: dict[str, object]
-    """How validation batches are built and run (the loop's own settings)."""
+    batches: BatchSettings
 
 
 def _plan(
@@ -163,21 +170,24 @@ def _plan(
         method=config.method.model_dump(mode="json"),
         objective=config.objective.model_dump(mode="json"),
     )
-    pack = config.train.packing and trainable.method.packs
-    eval_options = dict(
-        max_tokens_per_forward=config.train.max_tokens_per_forward,
-        batch_size=config.train.batch_size,
+    batches = BatchSettings.of(
+        config.train,
         pad_token_id=trainable.tokenizer.pad_token_id,
-        pack=pack,
+        pack=config.train.packing and trainable.method.packs,
         row_length=config.data.max_length,
         device=device,
-        parallel=parallel,
     )
-    return _Plan(parallel, learning_rate, pack, total_steps, device, dtype, contract, eval_options)
+    return _Plan(parallel, learning_rate, total_steps, device, dtype, contract, batches)
 
 
 def _validation_loss(trainable: TrainableModel, data: TrainingData, plan: _Plan) -> float:
-    return evaluate_loss(trainable.model, trainable.objective, data.validation, **plan.eval_options)
+    return evaluate_loss(
+        trainable.model,
+        trainable.objective,
+        data.validation,
+        batches=plan.batches,
+        parallel=plan.parallel,
+    )
 
 
 def _start_fresh(
@@ -206,7 +216,7 @@ def _run_loop(
     resumer: Resumer,
     show_progress: bool,
 ) -> LoopResult:
-    checkpointer = Checkpointer(
+    writer = CheckpointWriter(
         paths.root, plan.parallel, processes, plan.contract, config.model_dump(mode="json"),
         keep=config.train.keep_checkpoints,
     )  # fmt: skip
@@ -224,20 +234,16 @@ def _run_loop(
             trainable.objective,
             data.train,
             data.validation,
-            settings=config.train,
-            learning_rate=plan.learning_rate,
-            pad_token_id=trainable.tokenizer.pad_token_id,
-            row_length=config.data.max_length,
-            pack=plan.pack,
-            device=plan.device,
-            metrics_path=paths.metrics,
-            progress=progress,
-            autocast_dtype=plan.dtype if half_precision else None,
+            settings=LoopSettings(
+                config.train,
+                plan.learning_rate,
+                autocast_dtype=plan.dtype if half_precision else None,
+            ),
+            batches=plan.batches,
+            output=LoopOutput(paths.metrics, progress, on_metrics=trackers.log),
             parallel=plan.parallel,
-            resume=resumer,
-            save=checkpointer,
+            checkpointer=Checkpointer(restore=resumer, save=writer),
             stop_requested=lambda: processes.any(stop.requested),
-            on_metrics=trackers.log,
         )
     trackers.close()
     return result

@@ -25,7 +25,7 @@ from tunesmith.data.cache import TokenizedSplit, tokenize_with_cache
 from tunesmith.data.formats import FORMATS
 from tunesmith.data.load import PreparedRecords, prepare_configured_records, prepare_records
 from tunesmith.data.report import HISTOGRAM_FILE, SPLITS, DataReport, print_report
-from tunesmith.data.tokenize import IGNORE_INDEX, TokenizedExample, TokenizeError, trained_pieces
+from tunesmith.data.tokenize import TokenizedExample, TokenizeError, trained_pieces
 from tunesmith.data.validate import DataError, Problem
 from tunesmith.models import ModelError
 from tunesmith.models.loading import resolve_model_path
@@ -175,9 +175,9 @@ def print_example(
     example: TokenizedExample,
 ) -> None:
     """One example as the model sees it: trained tokens highlighted (``[[…]]`` off a terminal)."""
-    trained = sum(1 for label in example.labels if label != IGNORE_INDEX)
     console.print(
-        f"[bold]{escape(str(example.source))}[/bold]  tokens {len(example)}  trained {trained}",
+        f"[bold]{escape(str(example.source))}[/bold]  tokens {len(example)}  "
+        f"trained {example.trained_tokens}",
         highlight=False,
     )
     text = RichText()

@@ -11,7 +11,8 @@ from torch import nn
 
 from tunesmith.config import TrainConfig
 from tunesmith.data.records import Message, Preference, Source
-from tunesmith.engine.loop import LoopResult, run_loop
+from tunesmith.engine.batches import BatchSettings
+from tunesmith.engine.loop import LoopOutput, LoopResult, LoopSettings, run_loop
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.methods import get_method, method_settings
 from tunesmith.objectives import Objective
@@ -73,12 +74,13 @@ def train(
             objective,
             examples,
             [],
-            settings=settings,
-            learning_rate=learning_rate,
-            pad_token_id=pad_token_id,
-            row_length=128,
-            pack=True,
-            device=torch.device("cpu"),
-            metrics_path=tmp_path / "metrics.jsonl",
-            progress=progress,
+            settings=LoopSettings(settings, learning_rate),
+            batches=BatchSettings.of(
+                settings,
+                pad_token_id=pad_token_id,
+                pack=True,
+                row_length=128,
+                device=torch.device("cpu"),
+            ),
+            output=LoopOutput(tmp_path / "metrics.jsonl", progress),
         )

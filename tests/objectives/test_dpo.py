@@ -12,6 +12,7 @@ import torch
 from tests.conftest import build_tiny_model
 from tests.objectives.helpers import PAIRS, lora_model, preference_records, train
 from tunesmith.data.preference import tokenize_preferences
+from tunesmith.engine.batches import BatchSettings
 from tunesmith.engine.loop import backward_window
 from tunesmith.objectives import ObjectiveError, build_objective, get_objective, objective_settings
 from tunesmith.objectives.losses import sequence_logprob_sums, trained_tokens_per_row
@@ -25,6 +26,7 @@ from tunesmith.objectives.preference import (
 from tunesmith.objectives.reference import ReferenceModel
 
 PAD = 3
+CPU = torch.device("cpu")
 
 
 def pair_batch(tokenizer, count: int = len(PAIRS)):
@@ -148,10 +150,7 @@ def window_gradients(model, objective, micro_batches) -> tuple[float, dict[str, 
         objective,
         micro_batches,
         window_tokens=window,
-        pad_token_id=PAD,
-        pack=True,
-        row_length=128,
-        device=torch.device("cpu"),
+        batches=BatchSettings(PAD, pack=True, row_length=128, batch_size=4, device=CPU),
     )
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return float(loss) / window, grads

@@ -7,6 +7,7 @@ import torch
 from tests.objectives.helpers import lora_model, preference_records, train
 from tunesmith.config import RunConfig
 from tunesmith.data.preference import tokenize_preferences
+from tunesmith.engine.batches import BatchSettings
 from tunesmith.engine.loop import evaluate_loss
 from tunesmith.methods import get_method, method_settings
 from tunesmith.models import load_base_model
@@ -22,6 +23,7 @@ from tunesmith.objectives.reward import REWARD_HEAD_FILE, load_reward_model, seq
 from tunesmith.objectives.rlhf import GroupRelativePolicyOptimization
 
 PAD = 3
+CPU = torch.device("cpu")
 
 
 def pairs_and_batch(tokenizer):
@@ -44,11 +46,7 @@ def mean_pair_loss(model, examples) -> float:
         model,
         get_objective("reward"),
         examples,
-        batch_size=4,
-        pad_token_id=PAD,
-        pack=False,
-        row_length=128,
-        device=torch.device("cpu"),
+        batches=BatchSettings(PAD, pack=False, row_length=128, batch_size=4, device=CPU),
     )
 
 

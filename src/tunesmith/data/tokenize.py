@@ -64,6 +64,17 @@ class TokenizeError(DataError):
         return "\n".join(lines)
 
 
+def trained_positions(labels: Sequence[int]) -> list[bool]:
+    """Which tokens of an example carry loss: those with a label, except the first, which
+    nothing before it in the example predicts (`batching.collate` masks it, packed or not).
+
+    The one place trained tokens are counted: the loss's normaliser (an objective's
+    ``units``), the data report, and the count and highlighting of `tunesmith data show`
+    all read it, so they cannot disagree (raw text labels its first token too).
+    """
+    return [position > 0 and label != IGNORE_INDEX for position, label in enumerate(labels)]
+
+
 @dataclass(frozen=True)
 class TokenizedExample:
     input_ids: list[int]
@@ -72,7 +83,8 @@ class TokenizedExample:
 
     @property
     def trained_tokens(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+        """Tokens whose prediction the loss counts (see `trained_positions`)."""
+        return sum(trained_positions(self.labels))
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -390,8 +402,7 @@ def trained_pieces(
     pieces: list[tuple[str, bool]] = []
     run: list[int] = []
     run_trained = False
-    for token, label in zip(example.input_ids, example.labels, strict=True):
-        trained = label != IGNORE_INDEX
+    for token, trained in zip(example.input_ids, trained_positions(example.labels), strict=True):
         if run and trained != run_trained:
             pieces.append((tokenizer.decode(run), run_trained))
             run = []

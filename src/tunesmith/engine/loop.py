@@ -23,6 +23,7 @@ from torch import nn
 
 from tunesmith.config import TrainConfig
 from tunesmith.data.batching import epoch_order
+from tunesmith.engine.batches import BatchSettings
 from tunesmith.engine.parallel import Parallel, Processes, Replicated
 from tunesmith.engine.progress import TrainingProgress
 from tunesmith.engine.schedule import build_scheduler
@@ -107,17 +108,49 @@ def planned_steps(settings: TrainConfig, examples: int, world_size: int) -> int:
     )
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop optimises: the run's train settings, the learning rate resolved for the
+    method, and the dtype forward passes autocast to (None: the model's own)."""
+
+    train: TrainConfig
+    learning_rate: float
+    autocast_dtype: torch.dtype | None = None
+
+
+@dataclass(frozen=True)
+class LoopOutput:
+    """Where the loop reports: ``metrics_path`` (rank 0; every rank writes
+    ``samples.rank<N>.jsonl`` beside it), the progress display, and ``on_metrics``, called
+    with every metrics record (experiment trackers)."""
+
+    metrics_path: Path
+    progress: TrainingProgress
+    on_metrics: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class Checkpointer:
+    """The caller's storage, so the loop stays free of it.
+
+    ``restore`` puts model, optimizer, scheduler and RNG state back and returns the saved
+    LoopState with the best step's trainable weights; ``save`` writes a checkpoint with the
+    step's validation loss (None when there is none). Both are collective: every process
+    calls them at the same points.
+    """
+
+    restore: Callable[
+        [torch.optim.Optimizer, Any], tuple[LoopState, dict[str, torch.Tensor] | None]
+    ]
+    save: Callable[[LoopState, torch.optim.Optimizer, Any, float | None], None]
+
+
 def evaluate_loss(
     model: nn.Module,
     objective: Objective,
     examples: Sequence[Any],
     *,
-    batch_size: int,
-    pad_token_id: int,
-    pack: bool,
-    row_length: int,
-    device: torch.device,
-    max_tokens_per_forward: int = 1 << 30,
+    batches: BatchSettings,
     parallel: Parallel | None = None,
     stop_requested: Callable[[], bool] | None = None,
 ) -> float | None:
@@ -134,22 +167,18 @@ def evaluate_loss(
     model.eval()
     total, count = 0.0, 0
     ordered = sorted(range(len(examples)), key=lambda i: len(examples[i]))
-    with torch.no_grad():
-        for start in range(0, len(ordered), batch_size):
-            if stop_requested is not None and stop_requested():
-                model.train(was_training)
-                return None
-            chunk = [examples[i] for i in ordered[start : start + batch_size]]
-            batch = objective.collate(
-                chunk, pad_token_id=pad_token_id, pack=pack, row_length=row_length
-            ).to(device)
-            for piece in (
-                batch.split(max_tokens_per_forward) if hasattr(batch, "split") else [batch]
-            ):
-                loss_sum, units = parallel.loss_sum(piece)
-                total += float(loss_sum)
-                count += units
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ordered), batches.batch_size):
+                if stop_requested is not None and stop_requested():
+                    return None
+                chunk = [examples[i] for i in ordered[start : start + batches.batch_size]]
+                for piece in batches.forward_pieces(batches.collate(objective, chunk)):
+                    loss_sum, units = parallel.loss_sum(piece)
+                    total += float(loss_sum)
+                    count += units
+    finally:
+        model.train(was_training)
     return total / max(1, count)
 
 
@@ -159,12 +188,8 @@ def backward_window(
     micro_batches: Sequence[Sequence[Any]],
     *,
     window_tokens: int,
-    pad_token_id: int,
-    pack: bool,
-    row_length: int,
-    device: torch.device,
+    batches: BatchSettings,
     autocast_dtype: torch.dtype | None = None,
-    max_tokens_per_forward: int = 1 << 30,
     parallel: Parallel | None = None,
     filler: Sequence[Any] = (),
 ) -> tuple[torch.Tensor, int, list[str]]:
@@ -172,36 +197,124 @@ def backward_window(
     divided by the trained tokens of the whole window (all processes), never per micro-batch.
 
     When the strategy needs every process to run as many passes as the busiest one (FSDP),
-    the missing passes run ``filler`` examples with weight zero.
+    or at least one (DDP), the missing passes run ``filler`` examples with weight zero. Only
+    the last pass reduces gradients across processes (DDP's ``no_sync`` before it).
     Returns the window's summed loss (float64), its real tokens and the example sources.
     """
     parallel = parallel or Replicated(model, objective, Processes())
-
-    def pieces_of(group: Sequence[Any]) -> tuple[Any, list[Any]]:
-        batch = objective.collate(
-            group, pad_token_id=pad_token_id, pack=pack, row_length=row_length
-        ).to(device)
-        return batch, batch.split(max_tokens_per_forward) if hasattr(batch, "split") else [batch]
-
-    step_loss = torch.zeros((), dtype=torch.float64, device=device)
+    step_loss = torch.zeros((), dtype=torch.float64, device=batches.device)
     real_tokens = 0
     sources: list[str] = []
     pieces: list[tuple[Any, float]] = []
     for group in micro_batches:
-        batch, split = pieces_of(group)
+        batch = batches.collate(objective, group)
         sources.extend(str(source) for source in batch.sources)
         real_tokens += batch.real_tokens
-        pieces.extend((piece, 1.0) for piece in split)
+        pieces.extend((piece, 1.0) for piece in batches.forward_pieces(batch))
     missing = parallel.forwards_to_run(len(pieces)) - len(pieces)
     if missing:
-        pieces.extend([(pieces_of(filler)[1][0], 0.0)] * missing)
-    for piece, weight in pieces:
-        with _autocast(device, autocast_dtype):
-            loss_sum, _units = parallel.loss_sum(piece)
-        (loss_sum * (weight / max(1, window_tokens))).backward()
+        filler_piece = batches.forward_pieces(batches.collate(objective, filler))[0]
+        pieces.extend([(filler_piece, 0.0)] * missing)
+    for index, (piece, weight) in enumerate(pieces):
+        with parallel.gradient_pass(last=index == len(pieces) - 1):
+            with _autocast(batches.device, autocast_dtype):
+                loss_sum, _units = parallel.loss_sum(piece)
+            (loss_sum * (weight / max(1, window_tokens))).backward()
         if weight:
             step_loss += loss_sum.detach().double()
     return step_loss, real_tokens, sources
+
+
+def build_optimizer(
+    parameters: Sequence[nn.Parameter], settings: LoopSettings, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the trainable parameters and the learning-rate schedule of the run."""
+    optimizer = torch.optim.AdamW(
+        parameters,
+        lr=settings.learning_rate,
+        weight_decay=settings.train.weight_decay,
+        betas=(0.9, 0.999),
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=total_steps,
+        warmup_ratio=settings.train.warmup_ratio,
+        kind=settings.train.lr_scheduler,
+    )
+    return optimizer, scheduler
+
+
+class MetricsLog:
+    """The loop's two logs: ``metrics.jsonl`` (rank 0: losses, evaluations, skipped steps)
+    and ``samples.rank<N>.jsonl`` (every rank: which examples it trained on at each step, an
+    audit trail for resume and multi-process runs, and for finding the rows behind a bad
+    step). A resumed run first drops what either log holds beyond its checkpoint."""
+
+    def __init__(self, output: LoopOutput, rank: int, resumed_at_step: int) -> None:
+        self.path = output.metrics_path
+        self._rank = rank
+        self._on_metrics = output.on_metrics
+        samples_path = self.path.with_name(f"samples.rank{rank}.jsonl")
+        if resumed_at_step:
+            for log in [self.path, samples_path] if rank == 0 else [samples_path]:
+                rewind_log(log, resumed_at_step)
+        self._metrics = self.path.open("a", encoding="utf-8")
+        self._samples = samples_path.open("a", encoding="utf-8")
+
+    def metric(self, record: dict[str, Any]) -> None:
+        if self._rank != 0:
+            return
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._on_metrics is not None:
+            self._on_metrics(record)
+
+    def trained_on(self, step: int, sources: Sequence[str]) -> None:
+        self._samples.write(json.dumps({"step": step, "examples": list(sources)}) + "\n")
+        self._samples.flush()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._metrics.close()
+        self._samples.close()
+
+
+def record_validation(state: LoopState, val_loss: float, settings: TrainConfig) -> bool:
+    """Early stopping's bookkeeping: note ``val_loss`` at ``state.step``; True when it beats
+    the best so far by more than ``early_stopping_min_delta`` (the caller keeps the weights)."""
+    state.val_history.append((state.step, val_loss))
+    improved = state.best_val_loss is None or (
+        val_loss < state.best_val_loss - settings.early_stopping_min_delta
+    )
+    if improved:
+        state.best_val_loss, state.best_step = val_loss, state.step
+        state.evals_without_improvement = 0
+    else:
+        state.evals_without_improvement += 1
+    return improved
+
+
+def patience_exhausted(state: LoopState, settings: TrainConfig) -> bool:
+    """Early stopping's decision: the last ``early_stopping_patience`` evaluations (None: never
+    stop) brought no improvement."""
+    patience = settings.early_stopping_patience
+    return bool(patience and state.evals_without_improvement >= patience)
+
+
+@dataclass
+class StepOutcome:
+    """What one accumulation window produced; ``real_tokens`` counts all processes."""
+
+    loss: float
+    grad_norm: float
+    real_tokens: int
+    sources: list[str]
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
 
 
 def run_loop(
@@ -210,259 +323,267 @@ def run_loop(
     train_examples: Sequence[Any],
     val_examples: Sequence[Any],
     *,
-    settings: TrainConfig,
-    learning_rate: float,
-    pad_token_id: int,
-    row_length: int,
-    pack: bool,
-    device: torch.device,
-    metrics_path: Path,
-    progress: TrainingProgress,
-    autocast_dtype: torch.dtype | None = None,
+    settings: LoopSettings,
+    batches: BatchSettings,
+    output: LoopOutput,
     parallel: Parallel | None = None,
-    resume: Callable[
-        [torch.optim.Optimizer, object], tuple[LoopState, dict[str, torch.Tensor] | None]
-    ]
-    | None = None,
-    save: Callable[[LoopState, torch.optim.Optimizer, object, float | None], None] | None = None,
+    checkpointer: Checkpointer | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
-    on_metrics: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
     """Train until the planned steps are done, early stopping fires, or a stop is requested.
 
-    `resume` restores model/optimizer/scheduler/RNG and returns the saved LoopState and the
-    best step's trainable weights; `save` writes a checkpoint. Both come from the caller, so
-    the loop stays free of storage concerns. ``parallel`` says how processes share the model
-    (one process holding it whole when omitted).
+    ``checkpointer`` restores a run and saves checkpoints (nothing is stored without one);
+    ``parallel`` says how processes share the model (one process holding it whole when
+    omitted).
     """
     parallel = parallel or Replicated(model, objective, Processes())
-    world_size, rank = parallel.processes.world_size, parallel.processes.rank
-    lengths = [len(example) for example in train_examples]
-    plan = StepPlan.of(settings, len(train_examples), world_size)
-    total_steps = planned_steps(settings, len(train_examples), world_size)
-
+    processes = parallel.processes
+    plan = StepPlan.of(settings.train, len(train_examples), processes.world_size)
+    total_steps = plan.total_steps(settings.train.epochs, settings.train.max_steps)
     parameters = [p for p in parallel.module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        parameters, lr=learning_rate, weight_decay=settings.weight_decay, betas=(0.9, 0.999)
-    )
-    scheduler = build_scheduler(
-        optimizer,
-        total_steps=total_steps,
-        warmup_ratio=settings.warmup_ratio,
-        kind=settings.lr_scheduler,
-    )
-    state, best_state = resume(optimizer, scheduler) if resume else (LoopState(), None)
-    start_step = state.step
-    warnings: list[str] = []
-    stopped_early = stopped_by_signal = False
-
-    def batches_of_epoch(epoch: int) -> list[list[int]]:
-        return epoch_order(lengths, settings.batch_size, settings.seed, epoch)
-
-    order = batches_of_epoch(state.epoch)
+    optimizer, scheduler = build_optimizer(parameters, settings, total_steps)
+    restored = checkpointer.restore(optimizer, scheduler) if checkpointer else None
+    state, best_state = restored or (LoopState(), None)
     parallel.module.train()
-    started = time.perf_counter()
-    real_tokens_run = 0
-    # Throughput counts the seconds spent training, not validation passes or checkpoint
-    # writes, so tokens/s stays comparable between runs that evaluate more or less often.
-    training_seconds = 0.0
-    samples_path = metrics_path.with_name(f"samples.rank{rank}.jsonl")
-    if start_step:
-        for log in [metrics_path, samples_path] if rank == 0 else [samples_path]:
-            rewind_log(log, start_step)
-    with (
-        metrics_path.open("a", encoding="utf-8") as metrics,
-        samples_path.open("a", encoding="utf-8") as samples,
-    ):
+    with MetricsLog(output, processes.rank, resumed_at_step=state.step) as log:
+        loop = _Loop(
+            model=model,
+            objective=objective,
+            train_examples=train_examples,
+            val_examples=val_examples,
+            settings=settings,
+            batches=batches,
+            parallel=parallel,
+            plan=plan,
+            total_steps=total_steps,
+            parameters=parameters,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state=state,
+            best_state=best_state,
+            log=log,
+            progress=output.progress,
+            checkpointer=checkpointer,
+            stop_requested=stop_requested,
+        )
+        return loop.run()
 
-        def emit(record: dict[str, Any]) -> None:
-            if rank != 0:
-                return
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            if on_metrics is not None:
-                on_metrics(record)
 
-        def validate(train_loss: float) -> float | None:
-            """Evaluate, keep the best weights and decide early stopping; None if a stop
-            arrived meanwhile (then the checkpoint says so and the resumed run redoes it)."""
-            nonlocal best_state, stopped_early
-            val_loss = evaluate_loss(
-                model,
-                objective,
-                val_examples,
-                max_tokens_per_forward=settings.max_tokens_per_forward,
-                batch_size=settings.batch_size,
-                pad_token_id=pad_token_id,
-                pack=pack,
-                row_length=row_length,
-                device=device,
-                parallel=parallel,
-                stop_requested=stop_requested,
-            )
-            state.eval_pending = val_loss is None
-            if val_loss is None:
-                progress.message(f"step {state.step}: stopped during validation")
-                if save:
-                    save(state, optimizer, scheduler, None)
-                return None
-            state.val_history.append((state.step, val_loss))
-            emit({"step": state.step, "val_loss": val_loss})
-            progress.message(
-                f"step {state.step}: val_loss {val_loss:.4f}  train_loss {train_loss:.4f}"
-            )
-            improved = state.best_val_loss is None or (
-                val_loss < state.best_val_loss - settings.early_stopping_min_delta
-            )
-            if improved:
-                state.best_val_loss, state.best_step = val_loss, state.step
-                state.evals_without_improvement = 0
-                best_state = parallel.trainable_state()
-            else:
-                state.evals_without_improvement += 1
-            warning = overfitting_warning(state.val_history, state.train_history)
-            if warning and warning not in warnings:
-                warnings.append(warning)
-                progress.message(f"[yellow]warning:[/yellow] {warning}")
-            patience = settings.early_stopping_patience
-            if patience and state.evals_without_improvement >= patience:
-                stopped_early = True
-                progress.message(
-                    f"early stopping at step {state.step}: no improvement in {patience} "
-                    f"evaluations; best step {state.best_step} "
-                    f"(val_loss {state.best_val_loss:.4f})"
-                )
-            return val_loss
+@dataclass
+class _Loop:
+    """One call of `run_loop`: its composed parts, and the loop over them."""
 
-        save_every = settings.save_every or settings.eval_every
+    model: nn.Module
+    objective: Objective
+    train_examples: Sequence[Any]
+    val_examples: Sequence[Any]
+    settings: LoopSettings
+    batches: BatchSettings
+    parallel: Parallel
+    plan: StepPlan
+    total_steps: int
+    parameters: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    state: LoopState
+    best_state: dict[str, torch.Tensor] | None
+    log: MetricsLog
+    progress: TrainingProgress
+    checkpointer: Checkpointer | None
+    stop_requested: Callable[[], bool]
+    warnings: list[str] = field(default_factory=list)
+    stopped_early: bool = False
+    stopped_by_signal: bool = False
+    real_tokens_run: int = 0
+    training_seconds: float = 0.0
+    """Seconds spent training, not validating or checkpointing, so tokens/s stays comparable
+    between runs that evaluate more or less often."""
 
-        def due_for_save() -> bool:
-            return bool(
-                save
-                and (state.step % save_every == 0 or state.step == total_steps or stopped_early)
-            )
-
-        if state.eval_pending:
-            # The run was stopped during this step's validation: finish it first.
-            last_train_loss = state.train_history[-1][1] if state.train_history else math.nan
-            if validate(last_train_loss) is None:
-                stopped_by_signal = True
-            elif due_for_save():
-                save(state, optimizer, scheduler, state.val_history[-1][1])
-
-        while state.step < total_steps and not stopped_early and not stopped_by_signal:
+    def run(self) -> LoopResult:
+        started, start_step = time.perf_counter(), self.state.step
+        order = self._epoch_order(self.state.epoch)
+        if self.state.eval_pending:  # stopped during this step's validation: finish it first
+            history = self.state.train_history
+            if self.validate(history[-1][1] if history else math.nan) is None:
+                self.stopped_by_signal = True
+            elif self._save_due():
+                self.save(self.state.val_history[-1][1])
+        while not (
+            self.state.step >= self.total_steps or self.stopped_early or self.stopped_by_signal
+        ):
             step_started = time.perf_counter()
-            if state.micro_batches_done_in_epoch >= len(order):
-                state.epoch += 1
-                state.micro_batches_done_in_epoch = 0
-                order = batches_of_epoch(state.epoch)
-            window = order[
-                state.micro_batches_done_in_epoch : state.micro_batches_done_in_epoch
-                + plan.micro_batches_per_step
-            ]
-            window_examples = [[train_examples[i] for i in ids] for ids in window]
-            window_tokens = sum(objective.units(e) for group in window_examples for e in group)
-            mine = window_examples[rank::world_size]
-
-            step_loss, step_real_tokens, sources = backward_window(
-                model,
-                objective,
-                mine,
-                window_tokens=window_tokens,
-                pad_token_id=pad_token_id,
-                pack=pack,
-                row_length=row_length,
-                device=device,
-                autocast_dtype=autocast_dtype,
-                max_tokens_per_forward=settings.max_tokens_per_forward,
-                parallel=parallel,
-                filler=window_examples[0][:1],
-            )
-            parallel.finish_gradients(parameters, step_loss)
-            loss_value = float(step_loss) / max(1, window_tokens)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm))
-
-            state.micro_batches_done_in_epoch += len(window)
-            # Which examples this process trained on at each step: an audit trail for
-            # resume and multi-process runs, and for finding the rows behind a bad step.
-            samples.write(json.dumps({"step": state.step + 1, "examples": sources}) + "\n")
-            samples.flush()
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
-                state.nonfinite_in_a_row += 1
-                emit(
-                    {
-                        "step": state.step + 1,
-                        "event": "nonfinite_skipped",
-                        "loss": str(loss_value),
-                        "grad_norm": str(grad_norm),
-                        "examples": sources,
-                    }
-                )
-                progress.message(
-                    f"step {state.step + 1}: non-finite loss/gradient, step skipped "
-                    f"(examples {', '.join(sources[:5])})"
-                )
-                if state.nonfinite_in_a_row >= settings.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"{state.nonfinite_in_a_row} non-finite steps in a row; stopped without "
-                        "saving non-finite weights. Lower train.learning_rate or inspect the "
-                        f"examples named in {metrics_path}."
-                    )
+            if self.state.micro_batches_done_in_epoch >= len(order):
+                self.state.epoch += 1
+                self.state.micro_batches_done_in_epoch = 0
+                order = self._epoch_order(self.state.epoch)
+            done = self.state.micro_batches_done_in_epoch
+            window = order[done : done + self.plan.micro_batches_per_step]
+            outcome = self.optimizer_step([[self.train_examples[i] for i in w] for w in window])
+            self.state.micro_batches_done_in_epoch += len(window)
+            self.log.trained_on(self.state.step + 1, outcome.sources)
+            if not outcome.finite:
+                self.skip_nonfinite(outcome)
                 continue
-            state.nonfinite_in_a_row = 0
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens_seen += step_real_tokens * world_size
-            real_tokens_run += step_real_tokens * world_size
-            state.train_history.append((state.step, loss_value))
+            self.count_step(outcome, time.perf_counter() - step_started, len(order))
+            self.after_step(outcome.loss)
+        return LoopResult(
+            state=self.state,
+            stopped_early=self.stopped_early,
+            stopped_by_signal=self.stopped_by_signal,
+            steps_run=self.state.step - start_step,
+            seconds=time.perf_counter() - started,
+            real_tokens_per_second=self.real_tokens_run / max(self.training_seconds, 1e-9),
+            best_trainable_state=self.best_state,
+            warnings=self.warnings,
+        )
 
-            training_seconds += time.perf_counter() - step_started
-            tokens_per_s = real_tokens_run / max(training_seconds, 1e-9)
-            if state.step % settings.log_every == 0 or state.step == total_steps:
-                emit(
-                    {
-                        "step": state.step,
-                        "epoch": round(
-                            state.epoch + state.micro_batches_done_in_epoch / max(1, len(order)), 4
-                        ),
-                        "train_loss": loss_value,
-                        "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": grad_norm,
-                        "tokens": state.tokens_seen,
-                        "tokens_per_s": tokens_per_s,
-                    }
-                )
-            progress.advance_to(state.step, {"loss": loss_value, "tok/s": round(tokens_per_s, 1)})
+    def _epoch_order(self, epoch: int) -> list[list[int]]:
+        lengths = [len(example) for example in self.train_examples]
+        return epoch_order(lengths, self.settings.train.batch_size, self.settings.train.seed, epoch)
 
-            should_eval = val_examples and (
-                state.step % settings.eval_every == 0 or state.step == total_steps
+    def optimizer_step(self, window: Sequence[Sequence[Any]]) -> StepOutcome:
+        """One window: this process's share of its micro-batches, gradients reduced over
+        processes and clipped; the weights change only when loss and gradient are finite."""
+        world_size, rank = self.parallel.processes.world_size, self.parallel.processes.rank
+        window_tokens = sum(self.objective.units(e) for group in window for e in group)
+        step_loss, real_tokens, sources = backward_window(
+            self.model,
+            self.objective,
+            window[rank::world_size],
+            window_tokens=window_tokens,
+            batches=self.batches,
+            autocast_dtype=self.settings.autocast_dtype,
+            parallel=self.parallel,
+            filler=window[0][:1],
+        )
+        self.parallel.finish_gradients(self.parameters, step_loss)
+        max_norm = self.settings.train.max_grad_norm
+        outcome = StepOutcome(
+            loss=float(step_loss) / max(1, window_tokens),
+            grad_norm=float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)),
+            real_tokens=real_tokens * world_size,
+            sources=sources,
+        )
+        if outcome.finite:
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return outcome
+
+    def skip_nonfinite(self, outcome: StepOutcome) -> None:
+        """Name the examples of a non-finite step; stop after too many in a row."""
+        self.state.nonfinite_in_a_row += 1
+        step = self.state.step + 1
+        self.log.metric(
+            {
+                "step": step,
+                "event": "nonfinite_skipped",
+                "loss": str(outcome.loss),
+                "grad_norm": str(outcome.grad_norm),
+                "examples": outcome.sources,
+            }
+        )
+        self.progress.message(
+            f"step {step}: non-finite loss/gradient, step skipped "
+            f"(examples {', '.join(outcome.sources[:5])})"
+        )
+        if self.state.nonfinite_in_a_row >= self.settings.train.max_nonfinite_steps:
+            raise TrainingError(
+                f"{self.state.nonfinite_in_a_row} non-finite steps in a row; stopped without "
+                "saving non-finite weights. Lower train.learning_rate or inspect the "
+                f"examples named in {self.log.path}."
             )
-            val_loss = validate(loss_value) if should_eval else None
-            if should_eval and val_loss is None:
-                stopped_by_signal = True
-                break
-            if due_for_save():
-                save(state, optimizer, scheduler, val_loss)
-            if stop_requested():
-                stopped_by_signal = True
-                if save and state.step % save_every != 0 and state.step != total_steps:
-                    save(state, optimizer, scheduler, val_loss)
-                break
 
-    seconds = time.perf_counter() - started
-    return LoopResult(
-        state=state,
-        stopped_early=stopped_early,
-        stopped_by_signal=stopped_by_signal,
-        steps_run=state.step - start_step,
-        seconds=seconds,
-        real_tokens_per_second=real_tokens_run / max(training_seconds, 1e-9),
-        best_trainable_state=best_state,
-        warnings=warnings,
-    )
+    def count_step(self, outcome: StepOutcome, seconds: float, epoch_batches: int) -> None:
+        """Advance the state past a taken step and log it (every ``log_every`` steps)."""
+        state = self.state
+        state.nonfinite_in_a_row = 0
+        state.step += 1
+        state.tokens_seen += outcome.real_tokens
+        state.train_history.append((state.step, outcome.loss))
+        self.real_tokens_run += outcome.real_tokens
+        self.training_seconds += seconds
+        tokens_per_s = self.real_tokens_run / max(self.training_seconds, 1e-9)
+        if state.step % self.settings.train.log_every == 0 or state.step == self.total_steps:
+            epoch = state.epoch + state.micro_batches_done_in_epoch / max(1, epoch_batches)
+            self.log.metric(
+                {
+                    "step": state.step,
+                    "epoch": round(epoch, 4),
+                    "train_loss": outcome.loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": outcome.grad_norm,
+                    "tokens": state.tokens_seen,
+                    "tokens_per_s": tokens_per_s,
+                }
+            )
+        self.progress.advance_to(
+            state.step, {"loss": outcome.loss, "tok/s": round(tokens_per_s, 1)}
+        )
+
+    def after_step(self, train_loss: float) -> None:
+        """Validate when due, then checkpoint when due or when a stop was asked for."""
+        train, step = self.settings.train, self.state.step
+        due = step % train.eval_every == 0 or step == self.total_steps
+        val_loss = self.validate(train_loss) if self.val_examples and due else None
+        if self.val_examples and due and val_loss is None:
+            self.stopped_by_signal = True
+            return
+        if self._save_due():
+            self.save(val_loss)
+        if self.stop_requested():
+            self.stopped_by_signal = True
+            if not self._save_due():  # a stop between regular checkpoints saves one
+                self.save(val_loss)
+
+    def validate(self, train_loss: float) -> float | None:
+        """The evaluation pass: validation loss, best weights, early stopping, overfitting
+        warning. None if a stop arrived meanwhile (the checkpoint then says so, and the
+        resumed run validates this step first)."""
+        state = self.state
+        val_loss = evaluate_loss(
+            self.model,
+            self.objective,
+            self.val_examples,
+            batches=self.batches,
+            parallel=self.parallel,
+            stop_requested=self.stop_requested,
+        )
+        state.eval_pending = val_loss is None
+        if val_loss is None:
+            self.progress.message(f"step {state.step}: stopped during validation")
+            self.save(None)
+            return None
+        self.log.metric({"step": state.step, "val_loss": val_loss})
+        self.progress.message(
+            f"step {state.step}: val_loss {val_loss:.4f}  train_loss {train_loss:.4f}"
+        )
+        if record_validation(state, val_loss, self.settings.train):
+            self.best_state = self.parallel.trainable_state()
+        warning = overfitting_warning(state.val_history, state.train_history)
+        if warning and warning not in self.warnings:
+            self.warnings.append(warning)
+            self.progress.message(f"[yellow]warning:[/yellow] {warning}")
+        if patience_exhausted(state, self.settings.train):
+            self.stopped_early = True
+            self.progress.message(
+                f"early stopping at step {state.step}: no improvement in "
+                f"{self.settings.train.early_stopping_patience} evaluations; best step "
+                f"{state.best_step} (val_loss {state.best_val_loss:.4f})"
+            )
+        return val_loss
+
+    def _save_due(self) -> bool:
+        """A checkpoint is due every ``save_every`` steps (default ``eval_every``), at the
+        last step, and when early stopping fired."""
+        train, step = self.settings.train, self.state.step
+        regular = step % (train.save_every or train.eval_every) == 0 or step == self.total_steps
+        return regular or self.stopped_early
+
+    def save(self, val_loss: float | None) -> None:
+        """The checkpointer call (nothing without a checkpointer)."""
+        if self.checkpointer is not None:
+            self.checkpointer.save(self.state, self.optimizer, self.scheduler, val_loss)
 
 
 def rewind_log(path: Path, step: int) -> None:

@@ -5,10 +5,12 @@ and sets ``WORLD_SIZE``/``RANK``; this module joins them into a process group an
 loop one object that knows how to run a loss, finish a step's gradients, and gather or
 scatter the state a checkpoint holds.
 
-``ddp``: every process keeps the whole model and the step's gradients are summed across
-processes before the optimizer runs; DDP's arithmetic, done after the accumulation window
-because the chunked loss calls the decoder trunk directly, where a DDP wrapper's hooks would
-not see it.
+``ddp``: every process keeps the whole model, wrapped in torch's ``DistributedDataParallel``
+around the objective's loss (so the chunked loss, which calls the decoder trunk directly, runs
+inside DDP's forward). The passes of an accumulation window but the last run under
+``no_sync()``; the last one's backward all-reduces the accumulated gradients in buckets while
+the backward still runs. Gradients are summed, not averaged, across processes, because the
+loop already divides by the trained tokens of the whole window on every process.
 
 ``fsdp``: PyTorch FSDP2 (``fully_shard``) splits every decoder layer and the rest of the
 model across processes, so parameters, gradients and optimizer state each take 1/N of the
@@ -18,8 +20,10 @@ process runs the same number of forward/backward passes, because each pass is a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -115,6 +119,11 @@ class Parallel(Protocol):
         """How many forward/backward passes this process must run when it has ``local``."""
         ...
 
+    def gradient_pass(self, last: bool) -> AbstractContextManager[object]:
+        """Wraps one forward/backward pass of a window; only the ``last`` one must reduce
+        gradients across processes, the others may keep theirs local."""
+        ...
+
     def finish_gradients(self, parameters: Sequence[nn.Parameter], loss: torch.Tensor) -> None:
         """Make gradients and the window's loss sums over every process."""
         ...
@@ -135,10 +144,30 @@ class Parallel(Protocol):
 
 
 class Replicated:
-    """Every process holds the whole model; a step's gradients are summed over processes.
+    """Every process holds the whole model; a window's gradients are summed over processes.
 
-    Each process's loss is its share of one token mean over the whole window (the loop
-    divides by the window's tokens on all processes), so summing the gradients is exact.
+    With several processes the loss runs through ``DistributedDataParallel`` (see the module
+    docstring). Its settings, and why:
+
+    - the gradients are *summed* by a comm hook (DDP's default divides by the world size):
+      each process's loss is already its share of one token mean over the whole window, so
+      the sum is the gradient of one process training on the whole window, as before;
+    - ``find_unused_parameters=True``: a trainable parameter may get no gradient from the
+      loss (the LM head under the reward objective, which scores the last hidden state, when
+      it is not tied to the embeddings). DDP then leaves that gradient ``None`` on every
+      process, as one process would; the price is one walk of the autograd graph per window
+      (only the synchronised pass does it). Passes that run second models (the frozen
+      reference of dpo/ipo/rlhf, the teacher of distill, the reward model and the sampling
+      of rlhf) run under ``no_grad`` inside the same forward and add no gradients to track;
+    - not ``static_graph``: combined with ``no_sync()`` it stops reducing gradients after the
+      first iteration (pytorch/pytorch#187732, huggingface/accelerate#3679);
+    - ``forward_sync_buffers=False``: the model's buffers (rotary frequencies) never change,
+      and a broadcast on every forward would be a collective in passes that processes run a
+      different number of times (an epoch's last window, ``max_tokens_per_forward`` splits).
+
+    Each process must run at least one pass per window (its backward joins the reduction),
+    so one with no micro-batch left in the window runs a zero-weight filler pass.
+    Evaluation (no gradients) calls the objective directly: DDP has nothing to do there.
     """
 
     name = "ddp"
@@ -147,21 +176,30 @@ class Replicated:
         self.module = model
         self.processes = processes
         self._objective = objective
+        self._ddp: nn.parallel.DistributedDataParallel | None = None
+        if processes.distributed:
+            self._ddp = nn.parallel.DistributedDataParallel(
+                _LossRoot(model, objective),
+                find_unused_parameters=True,
+                forward_sync_buffers=False,
+            )
+            self._ddp.register_comm_hook(None, _sum_bucket)
 
     def loss_sum(self, batch: Any) -> tuple[torch.Tensor, int]:
+        if self._ddp is not None and torch.is_grad_enabled():
+            return self._ddp(batch)
         return self._objective.loss_sum(self.module, batch)
 
     def forwards_to_run(self, local: int) -> int:
-        return local
+        return max(local, 1) if self.processes.distributed else local
+
+    def gradient_pass(self, last: bool) -> AbstractContextManager[object]:
+        if self._ddp is None or last:
+            return contextlib.nullcontext()
+        return self._ddp.no_sync()
 
     def finish_gradients(self, parameters: Sequence[nn.Parameter], loss: torch.Tensor) -> None:
-        if not self.processes.distributed:
-            return
-        self.processes.sum_(loss)
-        for parameter in parameters:
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-            self.processes.sum_(parameter.grad)
+        self.processes.sum_(loss)  # the gradients were reduced during the last backward
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {
@@ -189,7 +227,8 @@ class Replicated:
 
 
 class _LossRoot(nn.Module):
-    """The root FSDP unit: calling it gathers the shards the loss needs around the call."""
+    """The objective's loss as one module call: under FSDP the root unit (calling it gathers
+    the shards the loss needs), under DDP the module whose forward DDP wraps."""
 
     def __init__(self, model: nn.Module, objective: Any) -> None:
         super().__init__()
@@ -201,6 +240,12 @@ class _LossRoot(nn.Module):
 
 
 _ROOT_PREFIX = "model."
+
+
+def _sum_bucket(group, bucket):  # no annotations: DDP rejects a hook whose are strings
+    """DDP comm hook: all-reduce a bucket of gradients as a sum (DDP's own averages)."""
+    work = torch.distributed.all_reduce(bucket.buffer(), group=group, async_op=True)
+    return work.get_future().then(lambda done: done.value()[0])
 
 
 class Sharded:
@@ -247,6 +292,9 @@ class Sharded:
 
     def forwards_to_run(self, local: int) -> int:
         return self.processes.max_int(local)
+
+    def gradient_pass(self, last: bool) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()  # every pass reduce-scatters its gradients
 
     def finish_gradients(self, parameters: Sequence[nn.Parameter], loss: torch.Tensor) -> None:
         self.processes.sum_(loss)  # gradients were reduce-scattered during backward
@@ -330,13 +378,19 @@ def build_parallel(
 
 
 def strategy_from_launcher(configured: str) -> str:
-    """`accelerate launch --use_fsdp` asks for sharding; DeepSpeed is not an engine here."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+    """`accelerate launch --use_fsdp` asks for sharding; DeepSpeed is not an engine here.
+
+    The flags are read with accelerate's own parser, so every spelling its launcher and
+    config files accept (``true``, ``1``, ``yes`` …) means the same here.
+    """
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         raise ParallelError(
             "tunesmith does not run under DeepSpeed; FSDP gives the same ZeRO-3 sharding of "
             "weights, gradients and optimizer state. Fix: launch without --use_deepspeed and "
             "set train.strategy=fsdp (or accelerate launch --use_fsdp)."
         )
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):
         return "fsdp"
     return configured

@@ -16,7 +16,6 @@ from transformers import PreTrainedTokenizerBase
 from tunesmith.data.batching import Batch, collate
 from tunesmith.data.records import Conversation, Record, Source, Text
 from tunesmith.data.tokenize import (
-    IGNORE_INDEX,
     TokenizedExample,
     tokenize_conversations,
     tokenize_texts,
@@ -51,8 +50,7 @@ class SFT:
         return examples, dropped
 
     def units(self, example: TokenizedExample) -> int:
-        # The first token of an example is never predicted (see batching.collate).
-        return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+        return example.trained_tokens
 
     def collate(
         self,

@@ -11,7 +11,7 @@ from tunesmith.engine.parallel import Parallel, Processes
 
 
 @dataclass
-class Checkpointer:
+class CheckpointWriter:
     """Saves a resumable checkpoint of the run in ``run_dir`` and rotates old ones.
 
     ``contract`` (see `engine.resume.resume_contract`) and the resolved ``config`` go into
