@@ -163,14 +163,27 @@ def test_conversations_differing_only_in_the_reply_hash_differently():
     assert content_hash(a) != content_hash(b)
 
 
-LABELS = [f"intent_{name}" for name in "alpha beta gamma delta epsilon".split()]
+LABELS = [f"intent_{name}" for name in ["alpha", "beta", "gamma", "delta", "epsilon"]]
 PROMPT = (
     "You are the intent classifier of a voice assistant. Read the request of the user and "
     "answer with exactly one label from the following list, with no other words, no "
     "punctuation and no explanation: " + ", ".join(LABELS) + ". If the request fits none "
     "of them, answer with the label that fits best; never invent a new label."
 )
-WORDS = "play book rate find add check weather music movie table song list".split()
+WORDS = [
+    "play",
+    "book",
+    "rate",
+    "find",
+    "add",
+    "check",
+    "weather",
+    "music",
+    "movie",
+    "table",
+    "song",
+    "list",
+]
 
 
 def under_prompt(user: str, label: str, prompt: str = PROMPT) -> dict:
