@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -310,7 +310,7 @@ def split_without_leakage(
     keys = sorted(strata, key=str)
     sizes = [sum(len(members[g]) for g in strata[key]) for key in keys]
     rng = np.random.default_rng(seed)
-    quotas = [_largest_remainder(sizes, frac, rng) for frac in (val_frac, test_frac)]
+    quotas = _stratum_shares(sizes, val_frac, test_frac, rng)
 
     placed: list[list[int]] = [[], []]
     counts = [0, 0]
@@ -349,20 +349,67 @@ def split_without_leakage(
     )
 
 
-def _largest_remainder(
-    sizes: Sequence[int], fraction: float, rng: np.random.Generator
-) -> list[int]:
-    """Whole-record shares of ``fraction`` per stratum, summing to ``round(total * fraction)``.
+def _stratum_shares(
+    sizes: Sequence[int], val_frac: float, test_frac: float, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
+    """Whole-record validation and test shares per stratum (a controlled rounding).
 
-    Each stratum gets the floor of its exact share; the records left over go to the
-    strata with the largest remainders (ties in a seeded order), so every stratum is
-    within one record of its exact share and the total matches the whole split.
+    Each stratum's validation, test and (what is left) train counts are each within one
+    record of their exact share, and the validation and test totals are
+    ``round(n * fraction)``: validation is rounded by largest remainder, then test
+    within the range that also keeps the stratum's train count within one record.
     """
-    exact = [size * fraction for size in sizes]
-    shares = [int(np.floor(x)) for x in exact]
-    spare = round(sum(sizes) * fraction) - sum(shares)
-    tie = rng.permutation(len(sizes))
-    by_remainder = sorted(range(len(sizes)), key=lambda k: (shares[k] - exact[k], tie[k]))
-    for k in by_remainder[: max(spare, 0)]:
-        shares[k] += 1
+    train_frac = 1 - val_frac - test_frac
+    val_exact = [size * val_frac for size in sizes]
+    val = _round_to_total(
+        val_exact,
+        round(sum(sizes) * val_frac),
+        [int(np.floor(x)) for x in val_exact],
+        [int(np.ceil(x)) for x in val_exact],
+        rng,
+    )
+    test_exact = [size * test_frac for size in sizes]
+    low, high = [], []
+    for size, v, x in zip(sizes, val, test_exact, strict=True):
+        train_exact = size * train_frac
+        low.append(max(int(np.floor(x)), size - v - int(np.ceil(train_exact)), 0))
+        high.append(max(low[-1], min(int(np.ceil(x)), size - v - int(np.floor(train_exact)))))
+    test = _round_to_total(test_exact, round(sum(sizes) * test_frac), low, high, rng)
+    return val, test
+
+
+def _round_to_total(
+    exact: Sequence[float],
+    total: int,
+    low: Sequence[int],
+    high: Sequence[int],
+    rng: np.random.Generator,
+) -> list[int]:
+    """Integers between ``low`` and ``high`` summing to ``total``, nearest ``exact`` first.
+
+    ``high`` is at most one above ``low``. From ``low``, the records still owed go to the
+    strata furthest below their exact share (ties in a seeded order). Should the bounds
+    not allow the total, it is met anyway, still nearest first.
+    """
+    shares = list(low)
+    tie = rng.permutation(len(exact))
+
+    def nearest_first(candidates: Iterable[int], sign: int) -> list[int]:
+        return sorted(candidates, key=lambda k: (sign * (shares[k] - exact[k]), tie[k]))
+
+    owed = total - sum(shares)
+    for k in nearest_first(range(len(shares)), 1):
+        if owed <= 0:
+            break
+        if shares[k] < high[k]:
+            shares[k] += 1
+            owed -= 1
+    while owed > 0:
+        for k in nearest_first(range(len(shares)), 1)[:owed]:
+            shares[k] += 1
+        owed = total - sum(shares)
+    while owed < 0:
+        for k in nearest_first((k for k in range(len(shares)) if shares[k] > 0), -1)[:-owed]:
+            shares[k] -= 1
+        owed = total - sum(shares)
     return shares
