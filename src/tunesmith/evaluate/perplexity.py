@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunesmith.errors import TunesmithError
+from tunesmith.evaluate.logits import input_aligned_logits
 from tunesmith.evaluate.metrics import perplexity_from_nll
 
 DEFAULT_FORGETTING_THRESHOLD = 0.10
@@ -112,9 +113,7 @@ def text_likelihood(
             input_ids[row, : end - start] = torch.tensor(token_ids[start:end])
             attention_mask[row, : end - start] = 1
             scored[row, first_scored : end - start] = True
-        logits = model(
-            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)
-        ).logits.float()
+        logits = input_aligned_logits(model, input_ids, attention_mask)
         nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].transpose(1, 2).cpu(), input_ids[:, 1:], reduction="none"
         )
