@@ -40,8 +40,8 @@ def load_forgetting_text(path: str | Path | None = None) -> str:
     chosen = Path(path) if path is not None else default_forgetting_text_path()
     if not chosen.is_file():
         raise ForgettingTextError(
-            f"{chosen}: forgetting reference text not found; pass an existing UTF-8 text file "
-            "or leave the option unset to use the bundled WikiText-2 slice"
+            f"{chosen}: forgetting reference text not found. Set eval.forgetting_text to an "
+            "existing UTF-8 text file, or leave it unset to use the bundled WikiText-2 slice."
         )
     return chosen.read_text(encoding="utf-8")
 
@@ -97,7 +97,11 @@ def text_likelihood(
     if max_tokens is not None:
         token_ids = token_ids[:max_tokens]
     if len(token_ids) < 2:
-        raise ForgettingTextError("the reference text must have at least two tokens")
+        raise ForgettingTextError(
+            "the text to measure perplexity on has fewer than two tokens. Set "
+            "eval.forgetting_text to a longer UTF-8 text file (a few thousand words), or leave "
+            "it unset to use the bundled WikiText-2 slice."
+        )
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     spans = list(_windows(len(token_ids), window, stride))
