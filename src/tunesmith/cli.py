@@ -138,10 +138,12 @@ def _print_train_summary(summary) -> None:
 
 def _run_evaluation(run_dir: Path, **options: object) -> None:
     from tunesmith.evaluate.compare import print_comparison
+    from tunesmith.evaluate.run import KIND_DESCRIPTIONS
     from tunesmith.evaluate.stage import evaluate_run
 
-    console.print(f"[bold]evaluating[/bold] {run_dir}: base zero-shot, base few-shot, fine-tuned")
+    console.print(f"[bold]evaluating[/bold] {run_dir} on its held-out data")
     result = evaluate_run(run_dir, **options)
+    console.print(KIND_DESCRIPTIONS[result.kind])
     print_comparison(result.comparison, console)
     if result.forgetting is not None:
         check = result.forgetting

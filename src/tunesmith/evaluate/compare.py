@@ -59,11 +59,11 @@ class MetricRow:
         return self.difference.low > 0
 
     def shown(self, value: float) -> str:
-        """A value as tables print it: points for shares, 2 decimals for everything else."""
-        return f"{value * 100:.1f}" if self.proportion else f"{value:.2f}"
+        """A value as tables print it: points for shares, 4 significant digits otherwise."""
+        return f"{value * 100:.1f}" if self.proportion else f"{value:.4g}"
 
     def shown_difference(self, value: float) -> str:
-        return f"{value * 100:+.1f}" if self.proportion else f"{value:+.2f}"
+        return f"{value * 100:+.1f}" if self.proportion else f"{value:+.4g}"
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,7 @@ def verdict_line(
     if row.clearly_better:
         return (
             f"{candidate} beats the best baseline ({row.best_baseline}) on {row.metric}"
-            f"{direction} by {abs(difference.estimate) * (100 if row.proportion else 1):.1f}"
-            f"{unit}, {interval}",
+            f"{direction} by {row.shown(abs(difference.estimate))}{unit}, {interval}",
             True,
         )
     return (

@@ -9,18 +9,20 @@ number; a rise beyond a threshold is flagged in the report.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.logits import input_aligned_logits
-from tunesmith.evaluate.metrics import perplexity_from_nll
+from tunesmith.evaluate.metrics import MetricScores, perplexity_from_nll
 
 DEFAULT_FORGETTING_THRESHOLD = 0.10
 DEFAULT_WINDOW = 512
@@ -205,4 +207,41 @@ def check_forgetting(
         threshold=threshold,
         n_tokens=tuned.n_tokens,
         text_source=source,
+    )
+
+
+def _perplexity_aggregate(summed: np.ndarray) -> np.ndarray:
+    """exp(summed NLL / summed tokens): statistics are ``[nll, tokens]`` per text."""
+    return np.exp(summed[..., 0] / np.maximum(summed[..., 1], 1))
+
+
+def heldout_perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    window: int = DEFAULT_WINDOW,
+    batch_size: int = 4,
+) -> MetricScores:
+    """Corpus perplexity of held-out texts: total NLL over all their tokens, not a mean of
+    per-text perplexities, so a short text weighs what its tokens weigh.
+
+    Each text is one bootstrap item (statistics ``[nll, tokens]``), so the interval
+    resamples whole documents; ``per_item`` is each text's own perplexity. Lower is
+    better, and the value is not a share.
+    """
+    stats = np.zeros((len(texts), 2))
+    for row, text in enumerate(texts):
+        likelihood = text_likelihood(model, tokenizer, text, window=window, batch_size=batch_size)
+        stats[row] = [likelihood.total_nll, likelihood.n_tokens]
+    per_item = _perplexity_aggregate(stats)
+    value = float(_perplexity_aggregate(stats.sum(axis=0))) if len(texts) else math.nan
+    return MetricScores(
+        "perplexity",
+        value,
+        per_item,
+        stats,
+        _perplexity_aggregate,
+        higher_is_better=False,
+        proportion=False,
     )

@@ -53,14 +53,22 @@ CLASSIFICATION = "classification"
 GENERATION = "generation"
 PREFERENCE = "preference"
 PERPLEXITY = "perplexity"
-EVALUATION_KINDS = (CLASSIFICATION, GENERATION, PREFERENCE, PERPLEXITY)
+KIND_DESCRIPTIONS = {
+    CLASSIFICATION: "classification: base zero-shot, base few-shot and fine-tuned each pick "
+    "the most likely known label",
+    GENERATION: "generation: base zero-shot, base few-shot and fine-tuned replies (greedy)",
+    PREFERENCE: "preference pairs: how often base and fine-tuned rank chosen over rejected "
+    "(their generations side by side in the report)",
+    PERPLEXITY: "held-out text: perplexity of base and fine-tuned (lower is better)",
+}
+"""What each kind of evaluation compares, in one line for terminals."""
 
 
 @dataclass(frozen=True)
 class EvalResult:
     """What the evaluation produced, in memory and on disk.
 
-    ``kind`` is one of `EVALUATION_KINDS`: how the systems were scored (labels ranked by
+    ``kind`` is a key of `KIND_DESCRIPTIONS`: how the systems were scored (labels ranked by
     likelihood, generated replies, preference pairs, or held-out text perplexity).
     ``outputs`` holds each system's answers (generated or chosen labels; for preference
     runs the sampled generations) in test-item order.
