@@ -24,7 +24,7 @@ from tunesmith.data.records import Message, Preference, Source
 from tunesmith.data.tokenize import IGNORE_INDEX
 from tunesmith.evaluate.compare import FINE_TUNED
 from tunesmith.evaluate.perplexity import text_likelihood
-from tunesmith.evaluate.preference import BASE, PairScores, preference_metric_scores, score_pairs
+from tunesmith.evaluate.preference import BASE, preference_metric_scores, score_pairs
 from tunesmith.runs import load_trained
 
 runner = CliRunner()
@@ -56,9 +56,9 @@ def _reply_logprob(model, example) -> float:
 
 def test_score_pairs_follows_each_objective() -> None:
     def logprobs(chosen, rejected, chosen_tokens, rejected_tokens):
-        from tunesmith.evaluate.preference import _PairLogprobs
+        from tunesmith.evaluate.preference import PairLogprobs
 
-        return _PairLogprobs(*(np.array(v, dtype=float) for v in (chosen, rejected,
+        return PairLogprobs(*(np.array(v, dtype=float) for v in (chosen, rejected,
                              chosen_tokens, rejected_tokens)))  # fmt: skip
 
     tuned = logprobs([-2.0, -9.0], [-4.0, -3.0], [2, 3], [4, 1])
@@ -207,7 +207,7 @@ def test_pretrain_run_is_judged_by_held_out_perplexity(tmp_path: Path, tiny_mode
     base, tuned = row["values"]["base"]["estimate"], row["values"]["fine-tuned"]["estimate"]
     assert tuned < 0.75 * base
     assert results["comparison"]["beats_baseline"]
-    assert "on perplexity (lower is better) by" in results["comparison"]["verdict"]
+    assert "on perplexity (lower is better): base " in results["comparison"]["verdict"]
 
     # A full fine-tune has no adapter to switch off: the base was loaded on its own. Its
     # corpus perplexity is the untrained model's, recomputed here over the same texts.

@@ -141,6 +141,12 @@ def verdict_line(
     interval = f"{difference.confidence:.0%} CI [{shown(difference.low)}, {shown(difference.high)}]"
     unit = " points" if row.proportion else ""
     direction = "" if row.higher_is_better else " (lower is better)"
+    if not row.proportion:  # a value without a scale of its own: say both ends
+        values = row.values
+        direction += (
+            f": {row.best_baseline} {row.shown(values[row.best_baseline])} → "
+            f"{candidate} {row.shown(values[candidate])},"
+        )
     if row.clearly_better:
         return (
             f"{candidate} beats the best baseline ({row.best_baseline}) on {row.metric}"

@@ -84,7 +84,9 @@ class PairScores:
 
 
 @dataclass(frozen=True)
-class _PairLogprobs:
+class PairLogprobs:
+    """Summed reply log-probabilities of both sides of every pair, and their token counts."""
+
     chosen: np.ndarray
     rejected: np.ndarray
     chosen_tokens: np.ndarray
@@ -120,7 +122,7 @@ def pair_logprobs(
     *,
     pad_token_id: int,
     batch_size: int = 4,
-) -> _PairLogprobs:
+) -> PairLogprobs:
     """Summed reply log-probabilities (and reply token counts) of both sides of every pair.
 
     The same function the preference losses use (`sequence_logprob_sums`), so evaluation
@@ -136,7 +138,7 @@ def pair_logprobs(
         rejected.append(sums[pairs:])
         chosen_tokens.append(tokens[:pairs])
         rejected_tokens.append(tokens[pairs:])
-    return _PairLogprobs(
+    return PairLogprobs(
         *(np.concatenate(parts) for parts in (chosen, rejected, chosen_tokens, rejected_tokens))
     )
 
@@ -181,8 +183,8 @@ def preference_metric_scores(pairs: PairScores) -> dict[str, MetricScores]:
 
 def score_pairs(
     objective: str,
-    fine_tuned: Callable[[], _PairLogprobs | PairScores],
-    base: Callable[[], _PairLogprobs | PairScores],
+    fine_tuned: Callable[[], PairLogprobs | PairScores],
+    base: Callable[[], PairLogprobs | PairScores],
     *,
     beta: float,
 ) -> dict[str, PairScores]:
@@ -197,7 +199,7 @@ def score_pairs(
     if objective == "reward":
         assert isinstance(tuned, PairScores) and isinstance(reference, PairScores)
         return {BASE: reference, FINE_TUNED: tuned}
-    assert isinstance(tuned, _PairLogprobs) and isinstance(reference, _PairLogprobs)
+    assert isinstance(tuned, PairLogprobs) and isinstance(reference, PairLogprobs)
     if objective in ("orpo", "rlhf"):
         return {BASE: reference.per_token(), FINE_TUNED: tuned.per_token()}
     chosen = tuned.chosen - reference.chosen
