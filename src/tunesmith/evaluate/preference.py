@@ -259,6 +259,7 @@ def evaluate_preference_models(
     metrics: Sequence[str] | None = None,
     max_length: int = 1024,
     on_overlength: str = "drop",
+    max_items: int | None = None,
     batch_size: int = 4,
     n_generations: int = 6,
     max_new_tokens: int = 128,
@@ -273,6 +274,7 @@ def evaluate_preference_models(
 
     The base is ``fine_tuned_model`` inside ``base_disabled_context()`` or a separate
     ``base_model`` (exactly one). ``reward_head`` is needed for ``objective="reward"``.
+    ``max_items`` caps the pairs scored, counted after over-long pairs are dropped.
     The result's ``outputs`` are the generations by system for ``n_generations`` test
     prompts sampled with ``seed``.
     """
@@ -284,9 +286,10 @@ def evaluate_preference_models(
     outcome = tokenize_preferences(
         tokenizer, list(test_records), max_length=max_length, on_overlength=on_overlength
     )
-    kept = {example.source for example in outcome.examples}
+    examples = outcome.examples[:max_items] if max_items is not None else outcome.examples
+    kept = {example.source for example in examples}
     records = [record for record in test_records if record.source in kept]
-    if not outcome.examples:
+    if not examples:
         raise EvaluationDataError(
             f"none of the {len(test_records)} held-out preference pairs fits data.max_length="
             f"{max_length} tokens: raise data.max_length, or give shorter pairs as data.test."
@@ -301,8 +304,8 @@ def evaluate_preference_models(
     def measure(model: nn.Module, scope: Callable[[], AbstractContextManager[object]]):
         with scope():
             if objective == "reward":
-                return pair_rewards(model, reward_head, outcome.examples, **options)
-            return pair_logprobs(model, outcome.examples, **options)
+                return pair_rewards(model, reward_head, examples, **options)
+            return pair_logprobs(model, examples, **options)
 
     systems = score_pairs(
         objective,

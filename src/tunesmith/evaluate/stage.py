@@ -109,8 +109,6 @@ def evaluate_run(
             "data.test, or give data.split a test fraction above 0."
         )
     limit = max_items if max_items is not None else config.eval.max_items
-    if limit is not None:
-        test_records = test_records[:limit]
     common: dict[str, Any] = {
         "out_dir": paths.eval,
         "metrics": metrics,
@@ -122,6 +120,8 @@ def evaluate_run(
     if n_resamples is not None:
         common["n_resamples"] = n_resamples
     kind = _kind_of(test_records)
+    if limit is not None and kind is not Preference:  # pairs are capped once tokenized
+        test_records = test_records[:limit]
     if kind is Preference:
         return evaluate_preference_models(
             trained.model,
@@ -134,6 +134,7 @@ def evaluate_run(
             else None,
             max_length=config.data.max_length,
             on_overlength=config.data.on_overlength,
+            max_items=limit,
             max_new_tokens=config.eval.max_new_tokens,
             **common,
         )
