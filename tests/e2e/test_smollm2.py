@@ -98,7 +98,8 @@ def train_and_evaluate(preset: str, tmp_path: Path, *extra: str) -> tuple[str, d
 
 
 def test_lora_sft_classification_on_smollm2_ends_with_a_verdict(tmp_path: Path) -> None:
-    """About 2 minutes on 2 busy CPU cores: label-ranked scoring of 7 intents, 4 items."""
+    """Label-ranked scoring of 7 intents on 4 items; 63 s on 2 shared CPU cores
+    (pytest tests/e2e/test_smollm2.py -m e2e -k classification --durations=3)."""
     stdout, results = train_and_evaluate("snips-intent-lora.yaml", tmp_path)
     assert results["kind"] == "classification"
     assert [row["metric"] for row in results["comparison"]["metrics"]] == ["accuracy", "macro_f1"]
@@ -110,8 +111,9 @@ def test_lora_sft_classification_on_smollm2_ends_with_a_verdict(tmp_path: Path) 
 
 
 def test_lora_dpo_on_smollm2_is_judged_on_held_out_pairs(tmp_path: Path) -> None:
-    """2 DPO steps, 4 held-out orca pairs; no validation split, whose loss before and
-    after training (policy and reference on 10 long pairs, twice) doubled the time."""
+    """2 DPO steps, 4 held-out orca pairs; 179 s on 2 shared CPU cores (-k held_out_pairs).
+    No validation split: its loss before and after training (policy and reference on 10
+    long pairs, twice) took it to 372 s."""
     stdout, results = train_and_evaluate(
         "preference-dpo.yaml", tmp_path, "--set", "data.split=[0.9,0.0,0.1]"
     )
@@ -126,8 +128,8 @@ def test_lora_dpo_on_smollm2_is_judged_on_held_out_pairs(tmp_path: Path) -> None
 
 
 def test_prompt_tuning_on_smollm2_evaluates_with_its_virtual_tokens(tmp_path: Path) -> None:
-    """About 3 minutes on 2 busy CPU cores. Before the fix the forgetting check of a
-    prompt-tuned model ended in `Expected target size [4, 531], got [4, 511]`."""
+    """111 s on 2 shared CPU cores (-k virtual_tokens). Before the fix the forgetting check
+    of a prompt-tuned model ended in `Expected target size [4, 531], got [4, 511]`."""
     _stdout, results = train_and_evaluate("support-prompt.yaml", tmp_path)
     assert results["kind"] == "generation"
     forgetting = results["forgetting"]

@@ -413,6 +413,20 @@ def check_metric_names(names: Sequence[str] | None) -> None:
             raise UnknownMetricError(message)
 
 
+def check_reply_metric_names(names: Sequence[str] | None) -> None:
+    """Like `check_metric_names`, and every name must score replies (conversation data):
+    a preference or perplexity metric on a chat run is refused before anything runs."""
+    check_metric_names(names)
+    for name in names or []:
+        base = name.partition(":")[0]
+        if base not in METRICS:
+            kind = "preference" if base in PREFERENCE_METRICS else "raw-text (pretrain)"
+            raise UnknownMetricError(
+                f"metric {name!r} does not score generated replies: it applies to {kind} "
+                f"runs. Remove it from {TEXT_METRIC_SETTING} for conversation data."
+            )
+
+
 def compute_metric(
     name: str,
     predictions: Sequence[str],
@@ -420,14 +434,8 @@ def compute_metric(
     labels: Sequence[str] | None = None,
 ) -> MetricScores:
     """Run the metric registered under ``name``; ``exact_match:<extractor>`` picks the extractor."""
-    check_metric_names([name])
+    check_reply_metric_names([name])
     base, _, option = name.partition(":")
-    if base not in METRICS:
-        raise UnknownMetricError(
-            f"metric {name!r} does not score generated replies: it applies to "
-            f"{'preference' if base in PREFERENCE_METRICS else 'raw-text (pretrain)'} runs. "
-            f"Remove it from {TEXT_METRIC_SETTING} for conversation data."
-        )
     spec = METRICS[base]
     if option:
         return spec.function(predictions, references, extractor=option)

@@ -35,7 +35,7 @@ from tunesmith.evaluate.generate import (
 from tunesmith.evaluate.metrics import (
     METRICS,
     UnknownMetricError,
-    check_metric_names,
+    check_reply_metric_names,
     label_metric_needs_labels_message,
 )
 from tunesmith.evaluate.perplexity import (
@@ -134,7 +134,7 @@ def evaluate_models(
     """
     if (base_disabled_context is None) == (base_model is None):
         raise ValueError("pass exactly one of base_disabled_context or base_model")
-    check_metric_names(metrics)
+    check_reply_metric_names(metrics)
     if not test_items:
         raise EvaluationDataError(
             "no test items: evaluation needs a held-out test split. Set data.test to a file "
