@@ -41,7 +41,6 @@ def train_with_verdict(preset: Path, model_dir: Path, out: Path, *extra: str) ->
             "--set", "train.max_steps=2",
             "--set", "data.max_length=4096",
             "--set", f"output.dir={out}",
-            "--set", "eval.enabled=true",
             "--set", "eval.max_items=4",
             "--set", "eval.max_new_tokens=4",
             "--set", "eval.k_shot=1",
