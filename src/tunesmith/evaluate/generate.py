@@ -223,6 +223,9 @@ def classify_with_labels(
 ) -> list[str]:
     """The most likely label for each prompt: answers are always from the known label set."""
     if not labels:
-        raise EvaluationDataError("label-constrained classification needs at least one label")
+        raise EvaluationDataError(
+            "label-constrained classification needs at least one label: give text + label "
+            "data, or chat data whose final assistant replies are the labels"
+        )
     scores = label_log_likelihoods(model, tokenizer, prompts, labels, batch_size=batch_size)
     return [labels[int(best)] for best in scores.argmax(dim=1)]
