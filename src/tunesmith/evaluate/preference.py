@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +57,7 @@ from tunesmith.evaluate.perplexity import DEFAULT_FORGETTING_THRESHOLD, check_fo
 from tunesmith.evaluate.report import SampleRow, write_report
 from tunesmith.evaluate.run import PREFERENCE, RESULTS_NAME, EvalResult
 from tunesmith.objectives.losses import sequence_logprob_sums, trained_tokens_per_row
-from tunesmith.objectives.preference import collate_pairs
+from tunesmith.objectives.preference import PairBatch, collate_pairs
 from tunesmith.objectives.reward import sequence_rewards
 
 BASE = "base"
@@ -104,15 +104,12 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _pair_batches(
-    examples: Sequence[PreferenceExample], pad_token_id: int, batch_size: int
-) -> list[tuple[int, object]]:
-    return [
-        (
-            len(examples[start : start + batch_size]),
-            collate_pairs(examples[start : start + batch_size], pad_token_id=pad_token_id),
-        )
-        for start in range(0, len(examples), batch_size)
-    ]
+    examples: Sequence[PreferenceExample], pad_token_id: int, batch_size: int, device: torch.device
+) -> Iterator[PairBatch]:
+    """Pairs in order, ``batch_size`` at a time, chosen rows then rejected rows."""
+    for start in range(0, len(examples), batch_size):
+        pairs = examples[start : start + batch_size]
+        yield collate_pairs(pairs, pad_token_id=pad_token_id).to(device)
 
 
 @torch.inference_mode()
@@ -130,8 +127,8 @@ def pair_logprobs(
     """
     model.eval()
     chosen, rejected, chosen_tokens, rejected_tokens = [], [], [], []
-    for pairs, batch in _pair_batches(examples, pad_token_id, batch_size):
-        sequences = batch.to(_device(model)).sequences
+    for batch in _pair_batches(examples, pad_token_id, batch_size, _device(model)):
+        pairs, sequences = batch.pairs, batch.sequences
         sums = sequence_logprob_sums(model, sequences).double().cpu().numpy()
         tokens = trained_tokens_per_row(sequences).cpu().numpy()
         chosen.append(sums[:pairs])
@@ -155,8 +152,9 @@ def pair_rewards(
     """The reward head's score of both replies of every pair (as `objective: reward` trains)."""
     model.eval()
     chosen, rejected = [], []
-    for pairs, batch in _pair_batches(examples, pad_token_id, batch_size):
-        rewards = sequence_rewards(model, head, batch.to(_device(model)).sequences)
+    for batch in _pair_batches(examples, pad_token_id, batch_size, _device(model)):
+        pairs = batch.pairs
+        rewards = sequence_rewards(model, head, batch.sequences)
         rewards = rewards.double().cpu().numpy()
         chosen.append(rewards[:pairs])
         rejected.append(rewards[pairs:])
