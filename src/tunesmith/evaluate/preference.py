@@ -42,7 +42,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunesmith.data.preference import PreferenceExample, tokenize_preferences
-from tunesmith.data.records import Preference
+from tunesmith.data.records import Preference, Source
 from tunesmith.evaluate.bootstrap import DEFAULT_RESAMPLES
 from tunesmith.evaluate.compare import FINE_TUNED, compare_scores
 from tunesmith.evaluate.generate import EvaluationDataError, generate_replies
@@ -243,6 +243,28 @@ def _sample_rows(
     return rows
 
 
+def _held_out_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    test_records: Sequence[Preference],
+    max_length: int,
+    on_overlength: str,
+    max_items: int | None,
+) -> tuple[list[PreferenceExample], list[Preference], list[tuple[str, Source]]]:
+    """(tokenized pairs, their records, dropped pairs): at most ``max_items`` pairs that fit."""
+    outcome = tokenize_preferences(
+        tokenizer, list(test_records), max_length=max_length, on_overlength=on_overlength
+    )
+    examples = outcome.examples[:max_items] if max_items is not None else outcome.examples
+    if not examples:
+        raise EvaluationDataError(
+            f"none of the {len(test_records)} held-out preference pairs fits data.max_length="
+            f"{max_length} tokens: raise data.max_length, or give shorter pairs as data.test."
+        )
+    kept = {example.source for example in examples}
+    records = [record for record in test_records if record.source in kept]
+    return examples, records, outcome.dropped
+
+
 def evaluate_preference_models(
     fine_tuned_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -281,17 +303,9 @@ def evaluate_preference_models(
     if objective == "reward" and reward_head is None:
         raise ValueError("objective reward needs the run's reward_head")
     _check_metrics(metrics)
-    outcome = tokenize_preferences(
-        tokenizer, list(test_records), max_length=max_length, on_overlength=on_overlength
+    examples, records, dropped = _held_out_pairs(
+        tokenizer, test_records, max_length, on_overlength, max_items
     )
-    examples = outcome.examples[:max_items] if max_items is not None else outcome.examples
-    kept = {example.source for example in examples}
-    records = [record for record in test_records if record.source in kept]
-    if not examples:
-        raise EvaluationDataError(
-            f"none of the {len(test_records)} held-out preference pairs fits data.max_length="
-            f"{max_length} tokens: raise data.max_length, or give shorter pairs as data.test."
-        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     options = {"pad_token_id": pad_id, "batch_size": batch_size}
     base = base_model if base_model is not None else fine_tuned_model
@@ -329,14 +343,12 @@ def evaluate_preference_models(
     )
     prompts = [records[index].prompt for index in indices]
     decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    generations: dict[str, list[str]] = {}
     with base_scope():
-        generations[BASE] = (
-            generate_replies(base, tokenizer, prompts, **decoding) if prompts else []
-        )
-    generations[FINE_TUNED] = (
-        generate_replies(fine_tuned_model, tokenizer, prompts, **decoding) if prompts else []
-    )
+        base_replies = generate_replies(base, tokenizer, prompts, **decoding)
+    generations = {
+        BASE: base_replies,
+        FINE_TUNED: generate_replies(fine_tuned_model, tokenizer, prompts, **decoding),
+    }
 
     forgetting = None
     if measure_forgetting:
@@ -361,7 +373,7 @@ def evaluate_preference_models(
             "score": PREFERENCE_SCORES[objective],
             "beta": beta,
             "pairs": len(records),
-            "pairs_dropped": [[reason, str(source)] for reason, source in outcome.dropped],
+            "pairs_dropped": [[reason, str(source)] for reason, source in dropped],
             "ties": "count half",
             "generations": "greedy",
             "max_new_tokens": max_new_tokens,
