@@ -26,7 +26,7 @@ def _chat_file(path: Path, rows: int = 12) -> Path:
 
 BAD_TRAIN_INPUTS = [
     # (case, extra args, what the message must contain)
-    ("unknown metric", ["--set", "eval.metrics=[acuracy]"], "Did you mean 'accuracy'"),
+    ("unknown metric", ["--set", "eval.metrics=[acuracy]"], "did you mean 'accuracy'"),
     ("unknown format", ["--set", "data.format=chatt"], "Did you mean 'chat'"),
     ("unknown method", ["--set", "method.name=loar"], "Did you mean 'lora'"),
     ("knob of another method", ["--set", "method={name: ia3, r: 64}"], "ia3 has no such setting"),

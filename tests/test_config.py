@@ -50,7 +50,7 @@ def test_a_setting_the_chosen_method_lacks_is_an_error_naming_it() -> None:
 
 
 def test_enum_like_settings_are_checked_when_the_config_loads() -> None:
-    with pytest.raises(ConfigError, match="Did you mean 'accuracy'"):
+    with pytest.raises(ConfigError, match="did you mean 'accuracy'"):
         load_config(None, ["eval.metrics=[acuracy]"])
     with pytest.raises(ConfigError, match="Did you mean 'chat'"):
         load_config(None, ["data.format=chatt"])

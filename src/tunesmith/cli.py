@@ -138,9 +138,11 @@ def _print_train_summary(summary) -> None:
 def _run_evaluation(run_dir: Path, **options: object) -> None:
     from tunesmith import api
     from tunesmith.evaluate.compare import print_comparison
+    from tunesmith.evaluate.run import KIND_DESCRIPTIONS
 
-    console.print(f"[bold]evaluating[/bold] {run_dir}: base zero-shot, base few-shot, fine-tuned")
+    console.print(f"[bold]evaluating[/bold] {run_dir} on its held-out data")
     result = api.evaluate(run_dir, **options)
+    console.print(KIND_DESCRIPTIONS[result.kind])
     print_comparison(result.comparison, console)
     if result.forgetting is not None:
         check = result.forgetting

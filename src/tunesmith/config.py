@@ -175,13 +175,9 @@ class EvalConfig(_Section):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
-        from tunesmith.evaluate.metrics import METRICS
+        from tunesmith.evaluate.metrics import check_metric_names
 
-        for name in names or []:
-            if name not in METRICS:
-                hint = difflib.get_close_matches(name, list(METRICS), n=1)
-                fix = f" Did you mean {hint[0]!r}?" if hint else ""
-                raise ValueError(f"unknown metric {name!r}; use {', '.join(METRICS)}.{fix}")
+        check_metric_names(names)  # an UnknownMetricError is a ValueError: pydantic reports it
         return names
 
     k_shot: int = Field(3, ge=0, description="Training examples in the few-shot baseline prompt.")

@@ -38,10 +38,32 @@ class MetricRow:
     intervals: dict[str, BootstrapInterval]
     best_baseline: str
     difference: BootstrapInterval
+    higher_is_better: bool = True
+    proportion: bool = True
 
     @property
     def values(self) -> dict[str, float]:
         return {system: interval.estimate for system, interval in self.intervals.items()}
+
+    @property
+    def clearly_better(self) -> bool:
+        """The whole interval of the difference lies on the good side of zero."""
+        if self.higher_is_better:
+            return self.difference.low > 0
+        return self.difference.high < 0
+
+    @property
+    def clearly_worse(self) -> bool:
+        if self.higher_is_better:
+            return self.difference.high < 0
+        return self.difference.low > 0
+
+    def shown(self, value: float) -> str:
+        """A value as tables print it: points for shares, 4 significant digits otherwise."""
+        return f"{value * 100:.1f}" if self.proportion else f"{value:.4g}"
+
+    def shown_difference(self, value: float) -> str:
+        return f"{value * 100:+.1f}" if self.proportion else f"{value:+.4g}"
 
 
 @dataclass(frozen=True)
@@ -102,27 +124,89 @@ def references_for(test_items: Sequence[Conversation], metric_name: str) -> list
     return [split_prompt_and_reference(item)[1] for item in test_items]
 
 
-def _points(value: float) -> str:
-    return f"{value * 100:+.1f}"
+def verdict_line(
+    candidate: str,
+    row: MetricRow,
+    *,
+    advice: str = "consider prompting",
+    baseline_kind: str = " prompting",
+) -> tuple[str, bool]:
+    """The sentence a user reads first, and whether the candidate clearly wins.
 
-
-def verdict_line(candidate: str, row: MetricRow) -> tuple[str, bool]:
-    """The sentence a user reads first, and whether the candidate clearly wins."""
+    ``advice`` ends the sentence when the candidate does not clearly win; ``baseline_kind``
+    follows the baseline's name there (the baselines of a chat evaluation are prompts).
+    """
     difference = row.difference
-    interval = (
-        f"{difference.confidence:.0%} CI [{_points(difference.low)}, {_points(difference.high)}]"
-    )
-    if difference.low > 0:
+    shown = row.shown_difference
+    interval = f"{difference.confidence:.0%} CI [{shown(difference.low)}, {shown(difference.high)}]"
+    unit = " points" if row.proportion else ""
+    direction = "" if row.higher_is_better else " (lower is better)"
+    if not row.proportion:  # a value without a scale of its own: say both ends
+        values = row.values
+        direction += (
+            f": {row.best_baseline} {row.shown(values[row.best_baseline])} → "
+            f"{candidate} {row.shown(values[candidate])},"
+        )
+    if row.clearly_better:
         return (
-            f"{candidate} beats the best baseline ({row.best_baseline}) on {row.metric} by "
-            f"{difference.estimate * 100:.1f} points, {interval}",
+            f"{candidate} beats the best baseline ({row.best_baseline}) on {row.metric}"
+            f"{direction} by {row.shown(abs(difference.estimate))}{unit}, {interval}",
             True,
         )
     return (
-        f"{candidate} does not beat {row.best_baseline} prompting on {row.metric} "
-        f"(difference {_points(difference.estimate)} points, {interval}): consider prompting",
+        f"{candidate} does not beat {row.best_baseline}{baseline_kind} on {row.metric}{direction} "
+        f"(difference {shown(difference.estimate)}{unit}, {interval}): {advice}",
         False,
     )
+
+
+def compare_scores(
+    scores: dict[str, dict[str, MetricScores]],
+    *,
+    candidate: str = FINE_TUNED,
+    n_items: int,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    advice: str = "consider prompting",
+    baseline_kind: str = " prompting",
+) -> Comparison:
+    """Intervals, the gap to the best baseline and the verdict from per-system scores.
+
+    ``scores[metric][system]`` holds every system's scores on the same items, in the same
+    order; the first metric is the primary one. Any evaluation (generated replies,
+    preference pairs, held-out text) ends here, so all verdicts read the same.
+    """
+    options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+    rows: list[MetricRow] = []
+    systems: list[str] = []
+    for metric, per_system in scores.items():
+        systems = list(per_system)
+        if candidate not in per_system or len(per_system) < 2:
+            raise ValueError(f"{metric}: systems must include {candidate!r} and a baseline")
+        reference = per_system[candidate]
+        intervals = {
+            system: mean_interval(result.stats, result.aggregate, **options)
+            for system, result in per_system.items()
+        }
+        baselines = [system for system in per_system if system != candidate]
+        sign = 1 if reference.higher_is_better else -1
+        best = max(baselines, key=lambda system: sign * per_system[system].value)
+        difference = paired_difference_interval(
+            reference.stats, per_system[best].stats, reference.aggregate, **options
+        )
+        rows.append(
+            MetricRow(
+                metric,
+                intervals,
+                best,
+                difference,
+                higher_is_better=reference.higher_is_better,
+                proportion=reference.proportion,
+            )
+        )
+    verdict, beats = verdict_line(candidate, rows[0], advice=advice, baseline_kind=baseline_kind)
+    return Comparison(candidate, systems, rows, scores, n_items, verdict, beats)
 
 
 def compare_systems(
@@ -153,31 +237,21 @@ def compare_systems(
         if labels
         else sorted({str(item.label) for item in test_items if item.label is not None})
     )
-    baselines = [name for name in systems if name != candidate]
     scores: dict[str, dict[str, MetricScores]] = {}
-    rows: list[MetricRow] = []
-    options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
     for metric in names:
         references = references_for(test_items, metric)
-        per_system = {
+        scores[metric] = {
             system: compute_metric(metric, outputs, references, known_labels)
             for system, outputs in systems.items()
         }
-        scores[metric] = per_system
-        intervals = {
-            system: mean_interval(result.stats, result.aggregate, **options)
-            for system, result in per_system.items()
-        }
-        best = max(baselines, key=lambda system: per_system[system].value)
-        difference = paired_difference_interval(
-            per_system[candidate].stats,
-            per_system[best].stats,
-            per_system[candidate].aggregate,
-            **options,
-        )
-        rows.append(MetricRow(metric, intervals, best, difference))
-    verdict, beats = verdict_line(candidate, rows[0])
-    return Comparison(candidate, list(systems), rows, scores, len(test_items), verdict, beats)
+    return compare_scores(
+        scores,
+        candidate=candidate,
+        n_items=len(test_items),
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
 
 
 def comparison_table(comparison: Comparison) -> Table:
@@ -188,19 +262,20 @@ def comparison_table(comparison: Comparison) -> Table:
         table.add_column(system, justify="right")
     table.add_column(f"{comparison.candidate} - best baseline", justify="right")
     for row in comparison.rows:
-        cells = [f"{row.values[system] * 100:.1f}" for system in comparison.systems]
+        cells = [row.shown(row.values[system]) for system in comparison.systems]
         difference = row.difference
-        colour = "green" if difference.low > 0 else "red" if difference.high < 0 else "yellow"
+        colour = "green" if row.clearly_better else "red" if row.clearly_worse else "yellow"
+        shown = row.shown_difference
         gap = (
-            f"[{colour}]{_points(difference.estimate)}[/{colour}] "
-            f"[{_points(difference.low)}, {_points(difference.high)}] vs {row.best_baseline}"
+            f"[{colour}]{shown(difference.estimate)}[/{colour}] "
+            f"[{shown(difference.low)}, {shown(difference.high)}] vs {row.best_baseline}"
         )
         table.add_row(row.metric, *cells, gap)
     return table
 
 
 def print_comparison(comparison: Comparison, console: Console | None = None) -> None:
-    """Print the table and the verdict (values in points: metric x 100)."""
+    """Print the table and the verdict (shares in points: metric x 100)."""
     console = console or Console()
     console.print(comparison_table(comparison))
     style = "bold green" if comparison.beats_baseline else "bold yellow"

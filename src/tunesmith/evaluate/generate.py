@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunesmith.data.records import Conversation, Message
 from tunesmith.errors import TunesmithError
+from tunesmith.evaluate.logits import input_aligned_logits
 
 
 class EvaluationDataError(TunesmithError, ValueError):
@@ -202,9 +203,7 @@ def label_log_likelihoods(
             input_ids[row, : len(sequence)] = torch.tensor(sequence)
             attention_mask[row, : len(sequence)] = 1
             target_mask[row, len(prompt_ids) : len(sequence)] = True
-        logits = model(
-            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)
-        ).logits.float()
+        logits = input_aligned_logits(model, input_ids, attention_mask)
         log_probs = torch.log_softmax(logits[:, :-1], dim=-1).cpu()
         token_log_probs = log_probs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         summed = (token_log_probs * target_mask[:, 1:]).sum(dim=1).double()
@@ -224,6 +223,9 @@ def classify_with_labels(
 ) -> list[str]:
     """The most likely label for each prompt: answers are always from the known label set."""
     if not labels:
-        raise EvaluationDataError("label-constrained classification needs at least one label")
+        raise EvaluationDataError(
+            "label-constrained classification needs at least one label: give text + label "
+            "data, or chat data whose final assistant replies are the labels"
+        )
     scores = label_log_likelihoods(model, tokenizer, prompts, labels, batch_size=batch_size)
     return [labels[int(best)] for best in scores.argmax(dim=1)]

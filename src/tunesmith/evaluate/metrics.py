@@ -33,18 +33,26 @@ Aggregate = Callable[[np.ndarray], np.ndarray]
 
 
 class UnknownMetricError(TunesmithError, ValueError):
-    """A metric name that is not in the registry; the message lists the known names."""
+    """A metric name that is not known, or that the test data cannot support; the message
+    lists the names that would work and where to set them (eval.metrics or --metric)."""
 
 
 @dataclass(frozen=True)
 class MetricScores:
-    """One metric on one system: the corpus value and what the bootstrap needs to redo it."""
+    """One metric on one system: the corpus value and what the bootstrap needs to redo it.
+
+    ``proportion`` metrics are shares on a 0-1 scale and are shown in points (x 100);
+    the others (perplexity, a preference margin) are shown as they are. For
+    ``higher_is_better=False`` (perplexity) the candidate wins when its value is lower.
+    """
 
     name: str
     value: float
     per_item: np.ndarray
     stats: np.ndarray
     aggregate: Aggregate
+    higher_is_better: bool = True
+    proportion: bool = True
 
 
 def mean_aggregate(summed: np.ndarray) -> np.ndarray:
@@ -126,7 +134,8 @@ def exact_match(
 def _extractor(name: str) -> Callable[[str], str]:
     if name not in EXTRACTORS:
         raise UnknownMetricError(
-            f"unknown exact_match extractor {name!r}; choose one of {sorted(EXTRACTORS)}"
+            f"unknown exact_match extractor {name!r}: use one of "
+            f"{', '.join(f'exact_match:{known}' for known in EXTRACTORS)} in {TEXT_METRIC_SETTING}"
         )
     return EXTRACTORS[name]
 
@@ -357,10 +366,65 @@ METRICS: dict[str, MetricSpec] = {
 }
 
 
+PREFERENCE_METRICS = ("preference_accuracy", "preference_margin")
+"""Scored from the model's preference between chosen and rejected (preference runs)."""
+PERPLEXITY_METRICS = ("perplexity",)
+"""Scored from the likelihood of held-out raw text (pretrain runs)."""
+TEXT_METRIC_SETTING = "eval.metrics (or tunesmith eval --metric)"
+
+
+def known_metric_names() -> list[str]:
+    """Every name `check_metric_names` accepts, ``exact_match:<extractor>`` spelt out."""
+    return [
+        *METRICS,
+        *(f"exact_match:{name}" for name in EXTRACTORS),
+        *PREFERENCE_METRICS,
+        *PERPLEXITY_METRICS,
+    ]
+
+
 def metric_names_help() -> str:
     """The names `--metric` accepts, for help text and error messages."""
-    extractors = ", ".join(f"exact_match:{name}" for name in EXTRACTORS)
-    return f"{', '.join(METRICS)} ({extractors})"
+    return ", ".join(known_metric_names())
+
+
+def _unknown_metric_message(name: str) -> str | None:
+    """Why ``name`` is not a metric (with a did-you-mean), or None when it is one."""
+    known = known_metric_names()
+    if name in known:
+        return None
+    suggestion = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {suggestion[0]!r}?)" if suggestion else ""
+    return (
+        f"unknown metric {name!r}{hint}. Set {TEXT_METRIC_SETTING} to names from: "
+        f"{metric_names_help()}; or leave it unset to choose from the data."
+    )
+
+
+def check_metric_names(names: Sequence[str] | None) -> None:
+    """Raise `UnknownMetricError` for the first unknown name, with a did-you-mean.
+
+    Called when the config loads, so a misspelt metric fails before training rather
+    than after it.
+    """
+    for name in names or []:
+        message = _unknown_metric_message(str(name))
+        if message is not None:
+            raise UnknownMetricError(message)
+
+
+def check_reply_metric_names(names: Sequence[str] | None) -> None:
+    """Like `check_metric_names`, and every name must score replies (conversation data):
+    a preference or perplexity metric on a chat run is refused before anything runs."""
+    check_metric_names(names)
+    for name in names or []:
+        base = name.partition(":")[0]
+        if base not in METRICS:
+            kind = "preference" if base in PREFERENCE_METRICS else "raw-text (pretrain)"
+            raise UnknownMetricError(
+                f"metric {name!r} does not score generated replies: it applies to {kind} "
+                f"runs. Remove it from {TEXT_METRIC_SETTING} for conversation data."
+            )
 
 
 def compute_metric(
@@ -370,22 +434,26 @@ def compute_metric(
     labels: Sequence[str] | None = None,
 ) -> MetricScores:
     """Run the metric registered under ``name``; ``exact_match:<extractor>`` picks the extractor."""
+    check_reply_metric_names([name])
     base, _, option = name.partition(":")
-    if base not in METRICS or (option and base != "exact_match"):
-        suggestion = difflib.get_close_matches(name, list(METRICS), n=1)
-        hint = f" (did you mean {suggestion[0]!r}?)" if suggestion else ""
-        raise UnknownMetricError(f"unknown metric {name!r}{hint}; known: {metric_names_help()}")
     spec = METRICS[base]
     if option:
         return spec.function(predictions, references, extractor=option)
     if spec.needs_labels:
         if not labels:
-            raise UnknownMetricError(
-                f"metric {name!r} needs labelled test items (a 'label' field); "
-                "use rouge_l or exact_match for free-text data"
-            )
+            raise UnknownMetricError(label_metric_needs_labels_message(name))
         return spec.function(predictions, references, labels)
     return spec.function(predictions, references)
+
+
+def label_metric_needs_labels_message(name: str) -> str:
+    """The error for a label metric on data without a closed label set, naming the fixes."""
+    return (
+        f"metric {name!r} needs labelled test items: a 'label' field (text + label data), or "
+        "chat data whose final assistant replies come from a small closed set (see "
+        "tunesmith.evaluate.task.closed_label_set). These replies are free text: use rouge_l, "
+        f"bleu or exact_match:text in {TEXT_METRIC_SETTING}, or leave it unset."
+    )
 
 
 def _is_json_object_or_array(text: str) -> bool:

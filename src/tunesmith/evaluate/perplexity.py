@@ -9,17 +9,20 @@ number; a rise beyond a threshold is flagged in the report.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate.metrics import perplexity_from_nll
+from tunesmith.evaluate.logits import input_aligned_logits
+from tunesmith.evaluate.metrics import MetricScores, perplexity_from_nll
 
 DEFAULT_FORGETTING_THRESHOLD = 0.10
 DEFAULT_WINDOW = 512
@@ -39,8 +42,8 @@ def load_forgetting_text(path: str | Path | None = None) -> str:
     chosen = Path(path) if path is not None else default_forgetting_text_path()
     if not chosen.is_file():
         raise ForgettingTextError(
-            f"{chosen}: forgetting reference text not found; pass an existing UTF-8 text file "
-            "or leave the option unset to use the bundled WikiText-2 slice"
+            f"{chosen}: forgetting reference text not found. Set eval.forgetting_text to an "
+            "existing UTF-8 text file, or leave it unset to use the bundled WikiText-2 slice."
         )
     return chosen.read_text(encoding="utf-8")
 
@@ -96,7 +99,11 @@ def text_likelihood(
     if max_tokens is not None:
         token_ids = token_ids[:max_tokens]
     if len(token_ids) < 2:
-        raise ForgettingTextError("the reference text must have at least two tokens")
+        raise ForgettingTextError(
+            "the text to measure perplexity on has fewer than two tokens. Set "
+            "eval.forgetting_text to a longer UTF-8 text file (a few thousand words), or leave "
+            "it unset to use the bundled WikiText-2 slice."
+        )
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     spans = list(_windows(len(token_ids), window, stride))
@@ -112,9 +119,7 @@ def text_likelihood(
             input_ids[row, : end - start] = torch.tensor(token_ids[start:end])
             attention_mask[row, : end - start] = 1
             scored[row, first_scored : end - start] = True
-        logits = model(
-            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)
-        ).logits.float()
+        logits = input_aligned_logits(model, input_ids, attention_mask)
         nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].transpose(1, 2).cpu(), input_ids[:, 1:], reduction="none"
         )
@@ -202,4 +207,41 @@ def check_forgetting(
         threshold=threshold,
         n_tokens=tuned.n_tokens,
         text_source=source,
+    )
+
+
+def _perplexity_aggregate(summed: np.ndarray) -> np.ndarray:
+    """exp(summed NLL / summed tokens): statistics are ``[nll, tokens]`` per text."""
+    return np.exp(summed[..., 0] / np.maximum(summed[..., 1], 1))
+
+
+def heldout_perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    window: int = DEFAULT_WINDOW,
+    batch_size: int = 4,
+) -> MetricScores:
+    """Corpus perplexity of held-out texts: total NLL over all their tokens, not a mean of
+    per-text perplexities, so a short text weighs what its tokens weigh.
+
+    Each text is one bootstrap item (statistics ``[nll, tokens]``), so the interval
+    resamples whole documents; ``per_item`` is each text's own perplexity. Lower is
+    better, and the value is not a share.
+    """
+    stats = np.zeros((len(texts), 2))
+    for row, text in enumerate(texts):
+        likelihood = text_likelihood(model, tokenizer, text, window=window, batch_size=batch_size)
+        stats[row] = [likelihood.total_nll, likelihood.n_tokens]
+    per_item = _perplexity_aggregate(stats)
+    value = float(_perplexity_aggregate(stats.sum(axis=0))) if len(texts) else math.nan
+    return MetricScores(
+        "perplexity",
+        value,
+        per_item,
+        stats,
+        _perplexity_aggregate,
+        higher_is_better=False,
+        proportion=False,
     )

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from tunesmith.data.records import Conversation
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate.compare import Comparison
+from tunesmith.evaluate.compare import Comparison, MetricRow
 from tunesmith.evaluate.generate import split_prompt_and_reference
 from tunesmith.evaluate.perplexity import ForgettingCheck
 
@@ -160,10 +160,19 @@ def comparison_png(comparison: Comparison) -> bytes:
             for metric in range(len(comparison.rows))
         ]
         intervals = [row.intervals[system] for row in comparison.rows]
-        heights = [interval.estimate * 100 for interval in intervals]
+        scales = [100 if row.proportion else 1 for row in comparison.rows]
+        heights = [
+            interval.estimate * scale for interval, scale in zip(intervals, scales, strict=True)
+        ]
         errors = [
-            [max(0.0, (interval.estimate - interval.low) * 100) for interval in intervals],
-            [max(0.0, (interval.high - interval.estimate) * 100) for interval in intervals],
+            [
+                max(0.0, (interval.estimate - interval.low) * scale)
+                for interval, scale in zip(intervals, scales, strict=True)
+            ],
+            [
+                max(0.0, (interval.high - interval.estimate) * scale)
+                for interval, scale in zip(intervals, scales, strict=True)
+            ],
         ]
         axes.bar(
             centres,
@@ -175,7 +184,9 @@ def comparison_png(comparison: Comparison) -> bytes:
             color=SYSTEM_COLOURS[position % len(SYSTEM_COLOURS)],
         )
     axes.set_xticks(range(len(comparison.rows)), [row.metric for row in comparison.rows])
-    axes.set_ylabel("points")
+    axes.set_ylabel(
+        "points" if all(row.proportion for row in comparison.rows) else "points (shares) / value"
+    )
     axes.legend(
         frameon=False,
         fontsize=9,
@@ -235,8 +246,8 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
 
 
-def _points(value: float) -> str:
-    return f"{value * 100:.1f}"
+def _css(row: MetricRow) -> str:
+    return "better" if row.clearly_better else "worse" if row.clearly_worse else "unclear"
 
 
 def _comparison_html(comparison: Comparison) -> str:
@@ -248,26 +259,21 @@ def _comparison_html(comparison: Comparison) -> str:
             interval = row.intervals[system]
             css = ""
             if system == comparison.candidate:
-                css = (
-                    "better"
-                    if row.difference.low > 0
-                    else "worse"
-                    if row.difference.high < 0
-                    else "unclear"
-                )
+                css = _css(row)
             cells.append(
-                f'<td class="num"><span class="{css}">{_points(interval.estimate)}</span>'
-                f'<br><span class="ci">[{_points(interval.low)}, {_points(interval.high)}]'
+                f'<td class="num"><span class="{css}">{row.shown(interval.estimate)}</span>'
+                f'<br><span class="ci">[{row.shown(interval.low)}, {row.shown(interval.high)}]'
                 "</span></td>"
             )
         difference = row.difference
-        css = "better" if difference.low > 0 else "worse" if difference.high < 0 else "unclear"
+        shown = row.shown_difference
         cells.append(
-            f'<td class="num"><span class="{css}">{difference.estimate * 100:+.1f}</span>'
-            f'<br><span class="ci">[{difference.low * 100:+.1f}, {difference.high * 100:+.1f}]'
+            f'<td class="num"><span class="{_css(row)}">{shown(difference.estimate)}</span>'
+            f'<br><span class="ci">[{shown(difference.low)}, {shown(difference.high)}]'
             f" vs {html.escape(row.best_baseline)}</span></td>"
         )
-        rows.append(f'<tr><th scope="row">{html.escape(row.metric)}</th>{"".join(cells)}</tr>')
+        name = row.metric + ("" if row.higher_is_better else " (lower is better)")
+        rows.append(f'<tr><th scope="row">{html.escape(name)}</th>{"".join(cells)}</tr>')
     return (
         '<table class="comparison"><thead><tr><th>metric</th>'
         f"{head}<th>{html.escape(comparison.candidate)} − best baseline</th></tr></thead>"
@@ -303,11 +309,16 @@ def write_report(
     metrics_jsonl_path: str | Path | None,
     forgetting: ForgettingCheck | None,
     samples: Sequence[SampleRow],
+    *,
+    task: str = "held-out test items",
+    samples_title: str | None = None,
 ) -> Path:
     """Write ``report.html`` (self-contained) and a PNG of each plot into ``out_dir``.
 
     ``metrics_jsonl_path`` and ``forgetting`` may be None (evaluation without a training run,
     or with the forgetting check off); their sections then say so instead of showing a plot.
+    ``task`` names what was evaluated ("held-out preference pairs"); ``samples_title``
+    heads the side-by-side table (default: worst fine-tuned items first).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -340,6 +351,9 @@ def write_report(
     for name, png in plots.items():
         (out / name).write_bytes(png)
     verdict_css = "good" if comparison.beats_baseline else "bad"
+    default_samples_title = (
+        f"Side-by-side outputs ({comparison.primary.metric}; worst fine-tuned first)"
+    )
     primary = comparison.primary.difference
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -347,8 +361,8 @@ def write_report(
 <title>tunesmith evaluation report</title><style>{_CSS}</style></head>
 <body><main>
 <h1>Evaluation report</h1>
-<p class="sub">{comparison.n_items} held-out test items · {primary.n_resamples} paired bootstrap
-resamples · values in points (metric × 100)</p>
+<p class="sub">{comparison.n_items} {html.escape(task)} · {primary.n_resamples} paired bootstrap
+resamples · shares in points (metric × 100)</p>
 <div class="card verdict {verdict_css}" id="verdict">{html.escape(comparison.verdict)}</div>
 <h2>Fine-tuned vs baselines</h2>
 <div class="card">{_comparison_html(comparison)}</div>
@@ -358,7 +372,7 @@ resamples · values in points (metric × 100)</p>
 </div>
 <h2>Training</h2>
 <div class="card">{loss_section}</div>
-<h2>Side-by-side outputs ({comparison.primary.metric}; worst fine-tuned first)</h2>
+<h2>{html.escape(samples_title or default_samples_title)}</h2>
 <div class="card">{_samples_html(samples, comparison.systems)}</div>
 </main></body></html>
 """

@@ -32,25 +32,54 @@ from tunesmith.evaluate.generate import (
     generate_replies,
     split_prompt_and_reference,
 )
+from tunesmith.evaluate.metrics import (
+    METRICS,
+    UnknownMetricError,
+    check_reply_metric_names,
+    label_metric_needs_labels_message,
+)
 from tunesmith.evaluate.perplexity import (
     DEFAULT_FORGETTING_THRESHOLD,
     ForgettingCheck,
     check_forgetting,
 )
 from tunesmith.evaluate.report import pick_samples, write_report
+from tunesmith.evaluate.task import as_classification
 
 RESULTS_NAME = "results.json"
 
 
+CLASSIFICATION = "classification"
+GENERATION = "generation"
+PREFERENCE = "preference"
+PERPLEXITY = "perplexity"
+KIND_DESCRIPTIONS = {
+    CLASSIFICATION: "classification: base zero-shot, base few-shot and fine-tuned each pick "
+    "the most likely known label",
+    GENERATION: "generation: base zero-shot, base few-shot and fine-tuned replies (greedy)",
+    PREFERENCE: "preference pairs: how often base and fine-tuned rank chosen over rejected "
+    "(their generations side by side in the report)",
+    PERPLEXITY: "held-out text: perplexity of base and fine-tuned (lower is better)",
+}
+"""What each kind of evaluation compares, in one line for terminals."""
+
+
 @dataclass(frozen=True)
 class EvalResult:
-    """What the evaluation produced, in memory and on disk."""
+    """What the evaluation produced, in memory and on disk.
+
+    ``kind`` is a key of `KIND_DESCRIPTIONS`: how the systems were scored (labels ranked by
+    likelihood, generated replies, preference pairs, or held-out text perplexity).
+    ``outputs`` holds each system's answers (generated or chosen labels; for preference
+    runs the sampled generations) in test-item order.
+    """
 
     comparison: Comparison
     forgetting: ForgettingCheck | None
     outputs: dict[str, list[str]]
     results_path: Path
     report_path: Path
+    kind: str = GENERATION
 
 
 def _answer(
@@ -96,23 +125,35 @@ def evaluate_models(
 
     The base model is ``fine_tuned_model`` inside ``base_disabled_context()`` (for peft:
     ``model.disable_adapter``) or a separate ``base_model``; pass exactly one. All three
-    systems use the same greedy decoding; with labelled data (or ``constrain_to_labels``)
-    every system instead picks the most likely label from the train and test label set.
+    systems use the same greedy decoding; with labelled data, or chat data whose training
+    replies form a closed set (`tunesmith.evaluate.task`), every system instead picks the
+    most likely label from the train and test label set (``constrain_to_labels=False``
+    turns that off and scores free generations).
     ``forgetting_text`` overrides the bundled general text for the forgetting check.
     Writes ``results.json`` and ``report.html`` (plus PNGs) into ``out_dir``.
     """
     if (base_disabled_context is None) == (base_model is None):
         raise ValueError("pass exactly one of base_disabled_context or base_model")
+    check_reply_metric_names(metrics)
     if not test_items:
-        raise EvaluationDataError("no test items: evaluation needs a held-out test split")
+        raise EvaluationDataError(
+            "no test items: evaluation needs a held-out test split. Set data.test to a file "
+            "(or tunesmith eval --test FILE), or give data.split a test fraction above 0."
+        )
+    if constrain_to_labels is not False:
+        test_items, train_items, _ = as_classification(test_items, train_items)
+    all_labelled = all(item.label is not None for item in test_items)
+    label_metrics = [name for name in metrics or [] if _needs_labels(name)]
+    if label_metrics and not all_labelled:
+        raise UnknownMetricError(label_metric_needs_labels_message(label_metrics[0]))
     prompts = [split_prompt_and_reference(item)[0] for item in test_items]
     examples = choose_few_shot_examples(train_items, k=k_shot, seed=seed)
     few_shot_prompts = [few_shot_prompt(prompt, examples) for prompt in prompts]
-    all_labelled = all(item.label is not None for item in test_items)
     use_labels = all_labelled if constrain_to_labels is None else constrain_to_labels
     if use_labels and not all_labelled:
         raise EvaluationDataError(
-            "constrain_to_labels needs a 'label' on every test item; turn it off for free-text data"
+            "constrain_to_labels needs a 'label' on every test item: give text + label data, "
+            "or turn it off for free-text data"
         )
     labels = (
         sorted({str(item.label) for item in [*test_items, *train_items] if item.label is not None})
@@ -149,6 +190,7 @@ def evaluate_models(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {
+        "kind": CLASSIFICATION if labels else GENERATION,
         "comparison": comparison.to_dict(),
         "forgetting": forgetting.to_dict() if forgetting else None,
         "settings": {
@@ -165,4 +207,10 @@ def evaluate_models(
     results_path.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     samples = pick_samples(test_items, outputs, comparison, n=n_samples)
     report_path = write_report(out, comparison, metrics_jsonl_path, forgetting, samples)
-    return EvalResult(comparison, forgetting, outputs, results_path, report_path)
+    kind = CLASSIFICATION if labels else GENERATION
+    return EvalResult(comparison, forgetting, outputs, results_path, report_path, kind)
+
+
+def _needs_labels(name: str) -> bool:
+    spec = METRICS.get(name.partition(":")[0])
+    return spec is not None and spec.needs_labels

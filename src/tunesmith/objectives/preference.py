@@ -259,7 +259,11 @@ def _build(settings: DpoSettings | IpoSettings | OrpoSettings, models: ModelSour
     )
 
 
-for _settings in (DpoSettings, IpoSettings, OrpoSettings):
+for _settings, _score in (
+    (DpoSettings, "log_ratio_sum"),
+    (IpoSettings, "log_ratio_per_token"),
+    (OrpoSettings, "mean_logprob"),
+):
     register(
         Registration(
             _settings.model_fields["name"].default,
@@ -267,5 +271,6 @@ for _settings in (DpoSettings, IpoSettings, OrpoSettings):
             _build,
             verdict="preference",
             shardable=True,
+            pair_score=_score,
         )
     )

@@ -20,6 +20,11 @@ from tunesmith.objectives.errors import ObjectiveError
 
 DEFAULT_OBJECTIVE = "sft"
 
+PairScore = Literal["log_ratio_sum", "log_ratio_per_token", "mean_logprob", "reward_head"]
+"""How a pairwise objective scores one reply of a held-out pair, as it trains it: the
+implicit reward β·(log π − log π_base) summed (dpo) or per token (ipo), the mean token
+log-probability (orpo, rlhf), or the reward head's score (reward)."""
+
 Verdict = Literal["task", "preference", "perplexity"]
 """How a finished run is judged against its base: task metrics on held-out conversations,
 preference accuracy on held-out pairs, or perplexity on held-out text."""
@@ -57,6 +62,8 @@ class Registration:
     verdict: Verdict
     shardable: bool
     """FSDP2 can run it: its loss is a fixed sequence of forward passes (no sampling)."""
+    pair_score: PairScore | None = None
+    """For ``verdict="preference"``: how a held-out reply is scored."""
 
 
 _OBJECTIVES: dict[str, Registration] = {}

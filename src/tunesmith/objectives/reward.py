@@ -148,4 +148,13 @@ def _build(settings: ObjectiveSettings, models: ModelSource | None) -> RewardMod
     return RewardModelling()
 
 
-register(Registration("reward", RewardSettings, _build, verdict="preference", shardable=False))
+register(
+    Registration(
+        "reward",
+        RewardSettings,
+        _build,
+        verdict="preference",
+        shardable=False,
+        pair_score="reward_head",
+    )
+)

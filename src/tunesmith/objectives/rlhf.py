@@ -347,4 +347,13 @@ def _build(settings: RlhfSettings, models: ModelSource | None) -> GroupRelativeP
     )
 
 
-register(Registration("rlhf", RlhfSettings, _build, verdict="preference", shardable=False))
+register(
+    Registration(
+        "rlhf",
+        RlhfSettings,
+        _build,
+        verdict="preference",
+        shardable=False,
+        pair_score="mean_logprob",
+    )
+)

@@ -1,0 +1,409 @@
+"""Preference runs (dpo, ipo, orpo, reward, rlhf) on held-out pairs: chosen over rejected?
+
+A preference run is not trained to produce one reference reply, so ROUGE against a
+reply says nothing about it. What it is trained to do is to *prefer* the chosen reply
+of a pair over the rejected one. On the run's own held-out pairs each system (the base
+model and the fine-tuned one) gives both replies a score, and:
+
+- ``preference_accuracy``: the share of pairs where chosen scores above rejected (a tie
+  counts half, so a system that cannot tell the replies apart scores 0.5);
+- ``preference_margin``: the mean of score(chosen) - score(rejected), in score units.
+
+The score is the one the objective trains, as its registration declares (`pair_score`,
+see `PREFERENCE_SCORES`):
+
+- dpo: β · (log π(reply) − log π_base(reply)), the implicit reward of Rafailov et al.;
+  ipo: the same log-ratio per reply token (as IPO's loss). The base is its own
+  reference, so its implicit reward is 0 for every reply: it stands for chance (0.5).
+- orpo and rlhf: the policy's mean log-probability per reply token (ORPO's odds ratio
+  is monotone in it; per token so that a longer reply is not penalised for its length).
+- reward: the reward head's score on the last token. The base reads the same trained
+  head on the base model's hidden states: what the head alone, without adapting the
+  model, would have ranked.
+
+Both metrics get paired bootstrap intervals (same pairs resampled for both systems)
+and the verdict is about preference accuracy. Next to the numbers, the report shows
+base and fine-tuned generations for a few sampled test prompts, since a model can
+learn to rank pairs and still write worse replies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tunesmith.data.preference import PreferenceExample, tokenize_preferences
+from tunesmith.data.records import Preference, Source
+from tunesmith.evaluate.bootstrap import DEFAULT_RESAMPLES
+from tunesmith.evaluate.compare import FINE_TUNED, compare_scores
+from tunesmith.evaluate.generate import EvaluationDataError, generate_replies
+from tunesmith.evaluate.metrics import (
+    PREFERENCE_METRICS,
+    TEXT_METRIC_SETTING,
+    MetricScores,
+    UnknownMetricError,
+    scores_from_per_item,
+)
+from tunesmith.evaluate.perplexity import DEFAULT_FORGETTING_THRESHOLD, check_forgetting
+from tunesmith.evaluate.report import SampleRow, write_report
+from tunesmith.evaluate.run import PREFERENCE, RESULTS_NAME, EvalResult
+from tunesmith.objectives.losses import sequence_logprob_sums, trained_tokens_per_row
+from tunesmith.objectives.preference import PairBatch, collate_pairs
+from tunesmith.objectives.registry import PairScore
+from tunesmith.objectives.reward import sequence_rewards
+
+BASE = "base"
+
+PREFERENCE_SCORES: dict[PairScore, str] = {
+    "log_ratio_sum": "implicit reward β·(log π − log π_base), summed over the reply",
+    "log_ratio_per_token": "implicit reward (log π − log π_base) per reply token",
+    "mean_logprob": "mean log-probability per reply token",
+    "reward_head": "reward-head score at the last token",
+}
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """One system's score of the chosen and the rejected reply of every pair."""
+
+    chosen: np.ndarray
+    rejected: np.ndarray
+
+    @property
+    def margins(self) -> np.ndarray:
+        return self.chosen - self.rejected
+
+
+@dataclass(frozen=True)
+class PairLogprobs:
+    """Summed reply log-probabilities of both sides of every pair, and their token counts."""
+
+    chosen: np.ndarray
+    rejected: np.ndarray
+    chosen_tokens: np.ndarray
+    rejected_tokens: np.ndarray
+
+    def per_token(self) -> PairScores:
+        return PairScores(
+            self.chosen / np.maximum(self.chosen_tokens, 1),
+            self.rejected / np.maximum(self.rejected_tokens, 1),
+        )
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pair_batches(
+    examples: Sequence[PreferenceExample], pad_token_id: int, batch_size: int, device: torch.device
+) -> Iterator[PairBatch]:
+    """Pairs in order, ``batch_size`` at a time, chosen rows then rejected rows."""
+    for start in range(0, len(examples), batch_size):
+        pairs = examples[start : start + batch_size]
+        yield collate_pairs(pairs, pad_token_id=pad_token_id).to(device)
+
+
+@torch.inference_mode()
+def pair_logprobs(
+    model: nn.Module,
+    examples: Sequence[PreferenceExample],
+    *,
+    pad_token_id: int,
+    batch_size: int = 4,
+) -> PairLogprobs:
+    """Summed reply log-probabilities (and reply token counts) of both sides of every pair.
+
+    The same function the preference losses use (`sequence_logprob_sums`), so evaluation
+    scores exactly what training optimised, virtual tokens of prompt tuning included.
+    """
+    model.eval()
+    chosen, rejected, chosen_tokens, rejected_tokens = [], [], [], []
+    for batch in _pair_batches(examples, pad_token_id, batch_size, _device(model)):
+        pairs, sequences = batch.pairs, batch.sequences
+        sums = sequence_logprob_sums(model, sequences).double().cpu().numpy()
+        tokens = trained_tokens_per_row(sequences).cpu().numpy()
+        chosen.append(sums[:pairs])
+        rejected.append(sums[pairs:])
+        chosen_tokens.append(tokens[:pairs])
+        rejected_tokens.append(tokens[pairs:])
+    return PairLogprobs(
+        *(np.concatenate(parts) for parts in (chosen, rejected, chosen_tokens, rejected_tokens))
+    )
+
+
+@torch.inference_mode()
+def pair_rewards(
+    model: nn.Module,
+    head: nn.Linear,
+    examples: Sequence[PreferenceExample],
+    *,
+    pad_token_id: int,
+    batch_size: int = 4,
+) -> PairScores:
+    """The reward head's score of both replies of every pair (as `objective: reward` trains)."""
+    model.eval()
+    chosen, rejected = [], []
+    for batch in _pair_batches(examples, pad_token_id, batch_size, _device(model)):
+        pairs = batch.pairs
+        rewards = sequence_rewards(model, head, batch.sequences)
+        rewards = rewards.double().cpu().numpy()
+        chosen.append(rewards[:pairs])
+        rejected.append(rewards[pairs:])
+    return PairScores(np.concatenate(chosen), np.concatenate(rejected))
+
+
+def preference_metric_scores(pairs: PairScores) -> dict[str, MetricScores]:
+    """preference_accuracy (ties count half) and preference_margin of one system."""
+    margins = pairs.margins
+    accuracy = np.where(margins > 0, 1.0, np.where(margins < 0, 0.0, 0.5))
+    margin = scores_from_per_item("preference_margin", margins)
+    return {
+        "preference_accuracy": scores_from_per_item("preference_accuracy", accuracy),
+        "preference_margin": MetricScores(
+            margin.name,
+            margin.value,
+            margin.per_item,
+            margin.stats,
+            margin.aggregate,
+            proportion=False,
+        ),
+    }
+
+
+def score_pairs(
+    score: PairScore,
+    fine_tuned: Callable[[], PairLogprobs | PairScores],
+    base: Callable[[], PairLogprobs | PairScores],
+    *,
+    beta: float,
+) -> dict[str, PairScores]:
+    """Each system's `PairScores` under the objective's ``score`` (see the module docstring).
+
+    ``fine_tuned`` and ``base`` compute log-probabilities (`pair_logprobs`) or, for
+    reward, head scores (`pair_rewards`) on the same pairs.
+    """
+    if score not in PREFERENCE_SCORES:
+        raise ValueError(f"score must be one of {sorted(PREFERENCE_SCORES)}, got {score!r}")
+    tuned, reference = fine_tuned(), base()
+    if score == "reward_head":
+        assert isinstance(tuned, PairScores) and isinstance(reference, PairScores)
+        return {BASE: reference, FINE_TUNED: tuned}
+    assert isinstance(tuned, PairLogprobs) and isinstance(reference, PairLogprobs)
+    if score == "mean_logprob":
+        return {BASE: reference.per_token(), FINE_TUNED: tuned.per_token()}
+    chosen = tuned.chosen - reference.chosen
+    rejected = tuned.rejected - reference.rejected
+    if score == "log_ratio_sum":
+        ratio = PairScores(beta * chosen, beta * rejected)
+    else:
+        ratio = PairScores(
+            chosen / np.maximum(tuned.chosen_tokens, 1),
+            rejected / np.maximum(tuned.rejected_tokens, 1),
+        )
+    zeros = np.zeros_like(chosen)
+    return {BASE: PairScores(zeros, zeros.copy()), FINE_TUNED: ratio}
+
+
+def _check_metrics(metrics: Sequence[str] | None) -> None:
+    for name in metrics or []:
+        if name not in PREFERENCE_METRICS:
+            raise UnknownMetricError(
+                f"metric {name!r} scores replies against a reference; a preference run is "
+                f"scored on held-out pairs by {', '.join(PREFERENCE_METRICS)}. Remove it from "
+                f"{TEXT_METRIC_SETTING}, or leave that unset."
+            )
+
+
+def _sample_rows(
+    records: Sequence[Preference],
+    indices: Sequence[int],
+    generations: dict[str, list[str]],
+    accuracy: dict[str, np.ndarray],
+) -> list[SampleRow]:
+    rows = []
+    for position, index in enumerate(indices):
+        record = records[index]
+        rows.append(
+            SampleRow(
+                prompt="\n\n".join(f"[{m.role}] {m.content}" for m in record.prompt),
+                reference=f"chosen: {record.chosen.content}\n\nrejected: {record.rejected.content}",
+                outputs={system: replies[position] for system, replies in generations.items()},
+                scores={system: float(accuracy[system][index]) for system in generations},
+            )
+        )
+    return rows
+
+
+def _held_out_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    test_records: Sequence[Preference],
+    max_length: int,
+    on_overlength: str,
+    max_items: int | None,
+) -> tuple[list[PreferenceExample], list[Preference], list[tuple[str, Source]]]:
+    """(tokenized pairs, their records, dropped pairs): at most ``max_items`` pairs that fit."""
+    outcome = tokenize_preferences(
+        tokenizer, list(test_records), max_length=max_length, on_overlength=on_overlength
+    )
+    examples = outcome.examples[:max_items] if max_items is not None else outcome.examples
+    if not examples:
+        raise EvaluationDataError(
+            f"none of the {len(test_records)} held-out preference pairs fits data.max_length="
+            f"{max_length} tokens: raise data.max_length, or give shorter pairs as data.test."
+        )
+    kept = {example.source for example in examples}
+    records = [record for record in test_records if record.source in kept]
+    return examples, records, outcome.dropped
+
+
+def evaluate_preference_models(
+    fine_tuned_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    test_records: Sequence[Preference],
+    *,
+    objective: str,
+    score: PairScore,
+    out_dir: str | Path,
+    beta: float = 0.1,
+    base_disabled_context: Callable[[], AbstractContextManager[object]] | None = None,
+    base_model: PreTrainedModel | None = None,
+    reward_head: nn.Linear | None = None,
+    metrics: Sequence[str] | None = None,
+    max_length: int = 1024,
+    on_overlength: str = "drop",
+    max_items: int | None = None,
+    batch_size: int = 4,
+    n_generations: int = 6,
+    max_new_tokens: int = 128,
+    measure_forgetting: bool = True,
+    forgetting_text: str | Path | None = None,
+    forgetting_threshold: float = DEFAULT_FORGETTING_THRESHOLD,
+    metrics_jsonl_path: str | Path | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> EvalResult:
+    """Base vs fine-tuned on held-out pairs; writes ``results.json`` and ``report.html``.
+
+    The base is ``fine_tuned_model`` inside ``base_disabled_context()`` or a separate
+    ``base_model`` (exactly one). ``reward_head`` is needed for ``score="reward_head"``.
+    ``max_items`` caps the pairs scored, counted after over-long pairs are dropped.
+    The result's ``outputs`` are the generations by system for ``n_generations`` test
+    prompts sampled with ``seed``.
+    """
+    if (base_disabled_context is None) == (base_model is None):
+        raise ValueError("pass exactly one of base_disabled_context or base_model")
+    if score == "reward_head" and reward_head is None:
+        raise ValueError("score reward_head needs the run's reward_head")
+    _check_metrics(metrics)
+    examples, records, dropped = _held_out_pairs(
+        tokenizer, test_records, max_length, on_overlength, max_items
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    options = {"pad_token_id": pad_id, "batch_size": batch_size}
+    base = base_model if base_model is not None else fine_tuned_model
+
+    def base_scope() -> AbstractContextManager[object]:
+        return base_disabled_context() if base_disabled_context else contextlib.nullcontext()
+
+    def measure(model: nn.Module, scope: Callable[[], AbstractContextManager[object]]):
+        with scope():
+            if score == "reward_head":
+                return pair_rewards(model, reward_head, examples, **options)
+            return pair_logprobs(model, examples, **options)
+
+    systems = score_pairs(
+        score,
+        lambda: measure(fine_tuned_model, contextlib.nullcontext),
+        lambda: measure(base, base_scope),
+        beta=beta,
+    )
+    per_system = {system: preference_metric_scores(pairs) for system, pairs in systems.items()}
+    wanted = list(metrics) if metrics else list(PREFERENCE_METRICS)
+    scores = {name: {system: per_system[system][name] for system in systems} for name in wanted}
+    comparison = compare_scores(
+        scores,
+        candidate=FINE_TUNED,
+        n_items=len(records),
+        n_resamples=n_resamples,
+        seed=seed,
+        advice="the preference training did not clearly help on held-out pairs",
+        baseline_kind="",
+    )
+
+    indices = sorted(
+        random.Random(seed).sample(range(len(records)), min(n_generations, len(records)))
+    )
+    prompts = [records[index].prompt for index in indices]
+    decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    with base_scope():
+        base_replies = generate_replies(base, tokenizer, prompts, **decoding)
+    generations = {
+        BASE: base_replies,
+        FINE_TUNED: generate_replies(fine_tuned_model, tokenizer, prompts, **decoding),
+    }
+
+    forgetting = None
+    if measure_forgetting:
+        forgetting = check_forgetting(
+            fine_tuned_model,
+            tokenizer,
+            base_disabled_context=base_disabled_context,
+            base_model=base_model,
+            text_path=forgetting_text,
+            threshold=forgetting_threshold,
+            batch_size=max(1, batch_size // 2),
+        )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "kind": "preference",
+        "comparison": comparison.to_dict(),
+        "forgetting": forgetting.to_dict() if forgetting else None,
+        "settings": {
+            "objective": objective,
+            "score": PREFERENCE_SCORES[score],
+            "beta": beta,
+            "pairs": len(records),
+            "pairs_dropped": [[reason, str(source)] for reason, source in dropped],
+            "ties": "count half",
+            "generations": "greedy",
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+        },
+        "pairs": {
+            system: {"chosen": pairs.chosen.tolist(), "rejected": pairs.rejected.tolist()}
+            for system, pairs in systems.items()
+        },
+        "generations": {
+            "sources": [str(records[index].source) for index in indices],
+            **generations,
+        },
+    }
+    results_path = out / RESULTS_NAME
+    results_path.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    accuracy = {system: per_system[system]["preference_accuracy"].per_item for system in systems}
+    samples = _sample_rows(records, indices, generations, accuracy)
+    report_path = write_report(
+        out,
+        comparison,
+        metrics_jsonl_path,
+        forgetting,
+        samples,
+        task=f"held-out preference pairs ({objective}: {PREFERENCE_SCORES[score]})",
+        samples_title=(
+            f"Base vs fine-tuned generations for {len(samples)} sampled test prompts "
+            "(score 1: the system ranks chosen above rejected on that pair)"
+        ),
+    )
+    return EvalResult(comparison, forgetting, generations, results_path, report_path, PREFERENCE)
