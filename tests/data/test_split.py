@@ -6,9 +6,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from tunesmith.data.load import prepare_records
 from tunesmith.data.records import Conversation, Message, Source, Text
+from tunesmith.data.report import print_report
 from tunesmith.data.split import (
     MinHasher,
     connected_groups,
@@ -294,6 +296,10 @@ def test_a_split_off_its_fractions_is_a_warning_naming_the_cause(write):
     codes = sorted(p.code for p in report.warnings)
     assert codes == ["group_kept_in_train", "near_duplicate", "split_off_target"]
     assert data["warnings"] == 3
+    console = Console(record=True, width=400)
+    print_report(report, console)
+    printed = console.export_text()
+    assert "split_off_target" in printed and "test 25 (25.0%, asked 30%)" in printed
 
 
 def test_records_dropped_after_the_split_are_named_as_the_cause(write, chat):
