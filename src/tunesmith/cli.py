@@ -33,6 +33,15 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., object])
 
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Run Python code shipped with the base model. Only this flag grants it; a run "
+        "directory's own config.yaml never does.",
+    ),
+]
+
 
 def friendly_errors(command: F) -> F:
     """Errors the user can fix are printed plainly, never as a traceback, and exit 2 unless
@@ -106,7 +115,13 @@ def train(
 
         raise typer.Exit(STOPPED_BY_SIGNAL_EXIT_CODE)
     if run_config.eval.enabled:
-        _run_evaluation(summary.run_dir, test_files=None, metrics=None, max_items=None)
+        _run_evaluation(
+            summary.run_dir,
+            test_files=None,
+            metrics=None,
+            max_items=None,
+            trust_remote_code=run_config.model.trust_remote_code,
+        )
 
 
 def _print_train_summary(summary) -> None:
@@ -141,7 +156,7 @@ def _run_evaluation(run_dir: Path, **options: object) -> None:
     from tunesmith.evaluate.stage import evaluate_run
 
     console.print(f"[bold]evaluating[/bold] {run_dir}: base zero-shot, base few-shot, fine-tuned")
-    result = evaluate_run(run_dir, **options)
+    result = evaluate_run(run_dir, on_notice=_print_notice, **options)
     print_comparison(result.comparison, console)
     if result.forgetting is not None:
         check = result.forgetting
@@ -170,9 +185,16 @@ def evaluate_command(
         ),
     ] = None,
     max_items: Annotated[int | None, typer.Option(help="Evaluate at most this many items.")] = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Prove the fine-tune was worth it: base zero-shot vs few-shot vs fine-tuned, with CIs."""
-    _run_evaluation(run_dir, test_files=test, metrics=metric, max_items=max_items)
+    _run_evaluation(
+        run_dir,
+        test_files=test,
+        metrics=metric,
+        max_items=max_items,
+        trust_remote_code=trust_remote_code,
+    )
 
 
 @app.command()
@@ -215,12 +237,13 @@ def merge(
     out: Annotated[
         Path | None, typer.Option(help="Where to write the merged model; default RUN_DIR/merged.")
     ] = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Fold the trained adapter into the base weights: a plain model any tool loads."""
     from tunesmith.methods import get_method
-    from tunesmith.runs import RunPaths, load_trained
+    from tunesmith.runs import RunPaths
 
-    trained = load_trained(run_dir)
+    trained = _load_trained(run_dir, trust_remote_code)
     method = get_method(trained.config.method.name)
     target = out or RunPaths(run_dir).root / "merged"
     merged = method.merge(trained.model)
@@ -243,12 +266,12 @@ def generate(
     base: Annotated[
         bool, typer.Option("--base", help="Answer with the base model (adapter disabled).")
     ] = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Answer one prompt with the fine-tuned model, streaming tokens."""
     from tunesmith.chat import reply
-    from tunesmith.runs import load_trained
 
-    trained = load_trained(run_dir)
+    trained = _load_trained(run_dir, trust_remote_code)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}
     ]
@@ -271,12 +294,12 @@ def chat(
     system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Generation length limit per reply.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Talk to the fine-tuned model. Empty line or Ctrl-D ends; /reset clears the history."""
     from tunesmith.chat import reply
-    from tunesmith.runs import load_trained
 
-    trained = load_trained(run_dir)
+    trained = _load_trained(run_dir, trust_remote_code)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     console.print(f"chatting with {run_dir} ([dim]empty line or Ctrl-D to quit, /reset[/dim])")
     while True:
@@ -301,6 +324,19 @@ def chat(
         )
         sys.stdout.write("\n")
         history.append({"role": "assistant", "content": answer})
+
+
+def _load_trained(run_dir: Path, trust_remote_code: bool):
+    from tunesmith.runs import load_trained
+
+    trained = load_trained(run_dir, trust_remote_code=trust_remote_code)
+    for notice in trained.notices:
+        _print_notice(notice)
+    return trained
+
+
+def _print_notice(notice: str) -> None:
+    err_console.print(f"[yellow]notice:[/yellow] {escape(notice)}", markup=True, highlight=False)
 
 
 def _write_stdout(text: str) -> None:

@@ -6,7 +6,8 @@ config (splits are deterministic), or a test file the user names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tunesmith.config import RunConfig
@@ -35,10 +36,22 @@ def evaluate_run(
     test_files: Sequence[Path] | None = None,
     metrics: Sequence[str] | None = None,
     max_items: int | None = None,
+    trust_remote_code: bool = False,
+    on_notice: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Score base zero-shot, base few-shot and the fine-tuned model; write `eval/` in the run."""
+    """Score base zero-shot, base few-shot and the fine-tuned model; write `eval/` in the run.
+
+    ``trust_remote_code`` is this caller's decision, never the run directory's; what the
+    loader has to tell the user (say, a stored ``trust_remote_code`` it ignored) goes to
+    ``on_notice``.
+    """
     paths = RunPaths(run_dir)
-    trained = load_trained(run_dir)
+    trained = load_trained(run_dir, trust_remote_code=trust_remote_code)
+    for notice in trained.notices:
+        if on_notice is None:
+            warnings.warn(notice, stacklevel=2)
+        else:
+            on_notice(notice)
     config = trained.config
     test_items, train_items = held_out_items(config, test_files)
     if not test_items:
@@ -54,7 +67,10 @@ def evaluate_run(
         base_options["base_disabled_context"] = trained.model.disable_adapter
     else:
         base_options["base_model"] = load_base_model(
-            config.model.name, device=trained.device, cache_dir=config.model.cache_dir
+            config.model.name,
+            device=trained.device,
+            cache_dir=config.model.cache_dir,
+            trust_remote_code=trust_remote_code,
         ).model.eval()
     return evaluate_models(
         trained.model,
