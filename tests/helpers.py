@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import torch
@@ -28,3 +29,10 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     final = run_dir / "final"
     name = "adapter_model.safetensors"
     return load_file(final / (name if (final / name).exists() else "model.safetensors"))
+
+
+def free_port() -> int:
+    """A TCP port the OS just handed out, so parallel test runs never collide on one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

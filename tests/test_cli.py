@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
+from tests.conftest import build_tiny_model
 from tunesmith.cli import app
 from tunesmith.runs import load_trained
 
@@ -58,29 +60,54 @@ def test_train_writes_a_run_that_peft_loads_without_tunesmith(run_setup) -> None
     assert not torch.allclose(base_logits, ours.model(ids).logits)  # the adapter does something
 
 
-def test_generate_streams_the_same_answer_reply_returns(run_setup) -> None:
+@pytest.fixture
+def speaking_setup(run_setup, tiny_tokenizer) -> tuple[Path, Path, Path]:
+    """run_setup on a tiny base whose embeddings are scaled up, trained long enough that the
+    fine-tuned model answers with text (a random tiny model ends its turn at once, and an
+    empty answer would match any command). Returns (config, workdir, base model dir)."""
+    config, workdir = run_setup
+    base_dir = workdir / "speaking-base"
+    base = build_tiny_model(len(tiny_tokenizer))
+    with torch.no_grad():
+        base.get_input_embeddings().weight.mul_(10)
+    base.save_pretrained(base_dir, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(base_dir)
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["name"] = str(base_dir)
+    settings["method"].update(r=8, alpha=64, dropout=0.0)
+    settings["train"].update(max_steps=30, eval_every=100)
+    config.write_text(yaml.safe_dump(settings))
+    return config, workdir, base_dir
+
+
+PROMPT = "say goodbye"
+
+
+def test_generate_streams_the_fine_tuned_answer_and_base_gives_the_base_one(
+    speaking_setup,
+) -> None:
     from tunesmith.chat import reply
 
-    config, workdir = run_setup
+    config, workdir, base_dir = speaking_setup
     out = workdir / "runs"
     trained = runner.invoke(app, ["train", str(config), "--set", f"output.dir={out}", "--no-eval"])
     assert trained.exit_code == 0, trained.output
-    for extra in ([], ["--base"]):
+    messages = [{"role": "user", "content": PROMPT}]
+    ours = load_trained(out / "resume")
+    fine_tuned = reply(ours.model, ours.tokenizer, messages, max_new_tokens=12)
+    untrained = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    base_answer = reply(untrained, ours.tokenizer, messages, max_new_tokens=12)
+    assert fine_tuned, "the fine-tuned tiny model must answer with text for this test to bite"
+    assert fine_tuned != base_answer
+
+    for extra, expected in (([], fine_tuned), (["--base"], base_answer)):
         result = runner.invoke(
             app,
-            ["generate", str(out / "resume"), "--prompt", "capital of France?",
-             "--max-new-tokens", "12", *extra],
+            ["generate", str(out / "resume"), "--prompt", PROMPT, "--max-new-tokens", "12",
+             *extra],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        model = load_trained(out / "resume")
-        messages = [{"role": "user", "content": "capital of France?"}]
-        if extra:
-            with model.model.disable_adapter():
-                expected = reply(model.model, model.tokenizer, messages, max_new_tokens=12)
-        else:
-            expected = reply(model.model, model.tokenizer, messages, max_new_tokens=12)
-        # A random tiny model may stop at once; the e2e test checks real text on SmolLM2.
-        assert result.output.strip() == expected
+        assert result.output.strip() == expected, extra
 
 
 def test_config_mistakes_exit_2_with_the_key_and_no_traceback(run_setup) -> None:
@@ -148,17 +175,33 @@ def test_merge_of_prompt_tuning_explains_why_not(run_setup) -> None:
     assert "prompt" in result.output and "Traceback" not in result.output
 
 
-def test_chat_keeps_the_conversation_and_ends_on_an_empty_line(run_setup) -> None:
-    config, workdir = run_setup
+def test_chat_keeps_the_conversation_and_ends_on_an_empty_line(speaking_setup) -> None:
+    from tunesmith.chat import reply
+
+    config, workdir, _ = speaking_setup
     out = workdir / "runs"
     assert runner.invoke(app, ["train", str(config), "--set", f"output.dir={out}"]).exit_code == 0
+    ours = load_trained(out / "resume")
+    first = reply(ours.model, ours.tokenizer, [{"role": "user", "content": PROMPT}],
+                  max_new_tokens=4)  # fmt: skip
+    assert first, "the fine-tuned tiny model must answer with text for this test to bite"
+    second = reply(
+        ours.model,
+        ours.tokenizer,
+        [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": first},
+         {"role": "user", "content": "capital of France?"}],
+        max_new_tokens=4,
+    )  # fmt: skip
     result = runner.invoke(
         app,
         ["chat", str(out / "resume"), "--max-new-tokens", "4"],
-        input="capital of France?\n/reset\nsay goodbye\n\n",
+        input=f"{PROMPT}\ncapital of France?\n/reset\n{PROMPT}\n\n",
     )
     assert result.exit_code == 0, result.output
-    assert result.output.count("model> ") == 2
+    answers = [line.split("model> ", 1)[1].strip() for line in result.output.splitlines()
+               if "model> " in line]  # fmt: skip
+    # The second turn sees the first (history kept); after /reset the same answer comes back.
+    assert answers == [first, second, first]
 
 
 def test_a_full_disk_stops_training_with_its_own_exit_code_and_the_numbers(
@@ -175,3 +218,30 @@ def test_a_full_disk_stops_training_with_its_own_exit_code_and_the_numbers(
     assert result.exit_code == checkpoint.DISK_FULL_EXIT_CODE == 74
     assert "1000 bytes are free" in result.output
     assert "step-2" in result.output and "Traceback" not in result.output
+
+
+def test_eval_and_compare_run_through_the_cli(speaking_setup) -> None:
+    config, workdir, _ = speaking_setup
+    out = workdir / "runs"
+    split = ["--set", "data.split=[0.6,0.2,0.2]", "--no-eval"]
+    trained = runner.invoke(app, ["train", str(config), "--set", f"output.dir={out}", *split])
+    assert trained.exit_code == 0, trained.output
+    run_dir = out / "resume"
+    not_yet = runner.invoke(app, ["compare", str(run_dir)])
+    assert not_yet.exit_code == 2 and "tunesmith eval" in not_yet.output
+
+    evaluated = runner.invoke(app, ["eval", str(run_dir), "--max-items", "4"])
+    assert evaluated.exit_code == 0, evaluated.output
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert f"report: {run_dir / 'eval' / 'report.html'}" in evaluated.output
+    assert (run_dir / "eval" / "report.html").is_file()
+
+    compared = runner.invoke(app, ["compare", str(run_dir)])
+    assert compared.exit_code == 0, compared.output
+    primary = results["comparison"]["metrics"][0]
+    estimates = [
+        f"{primary['values'][name]['estimate']:.3f}" for name in results["comparison"]["systems"]
+    ]
+    row = next(line for line in compared.output.splitlines() if "lora" in line)
+    assert primary["metric"] in row
+    assert [cell.strip() for cell in row.split("│")[4:7]] == estimates

@@ -59,7 +59,7 @@ def test_enum_like_settings_are_checked_when_the_config_loads() -> None:
 def test_a_single_path_means_a_list_of_one() -> None:
     config = load_config(None, ["data.test=held.jsonl", "data.train=train.jsonl"])
     assert config.data.test == [Path("held.jsonl")] and config.data.train == [Path("train.jsonl")]
-    assert config.run_dir == Path("runs/train")
+    assert config.run_dir == Path("runs/train").resolve()
 
 
 def test_bad_type_and_bad_override_syntax() -> None:
@@ -75,3 +75,37 @@ def test_resolved_config_round_trips() -> None:
 
     again = RunConfig.model_validate(yaml.safe_load(config.to_yaml()))
     assert again == config
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere", "/tmp/x", "a/b", "a\\b", "..", "x..y", ""])
+def test_an_output_name_that_leaves_output_dir_is_an_error_naming_the_key(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"output\.name: .*one folder name inside output\.dir"):
+        load_config(overrides=[f"output.name='{name}'"])
+
+
+def test_the_run_dir_is_resolved_and_must_stay_inside_output_dir(tmp_path: Path) -> None:
+    config = load_config(overrides=[f"output.dir={tmp_path / 'runs'}", "output.name=mine"])
+    assert config.run_dir == (tmp_path / "runs" / "mine").resolve()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    config.output.name = "link"
+    with pytest.raises(ConfigError, match=r"output\.name: the run directory .* is not inside"):
+        _ = config.run_dir
+
+
+def test_a_cli_output_name_with_dot_dot_stops_before_anything_is_written(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(data), "--set", f"output.dir={tmp_path / 'runs'}",
+         "--set", "output.name=../../x"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "output.name" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "x").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import final_weights, train_losses
+from tests.helpers import final_weights, free_port, train_losses
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -71,19 +71,20 @@ def two_accelerate_processes(workdir: Path, port: int, flags: list[str], *args: 
 
 
 @pytest.mark.parametrize(
-    ("launcher", "strategy", "method", "port"),
+    ("launcher", "strategy", "method"),
     [
-        ("torchrun", "ddp", "lora", 29533),
-        ("torchrun", "fsdp", "lora", 29535),
-        ("torchrun", "fsdp", "full", 29536),
-        ("accelerate --multi_gpu", "ddp", "lora", 29538),
-        ("accelerate --use_fsdp", "fsdp", "full", 29539),
+        ("torchrun", "ddp", "lora"),
+        ("torchrun", "fsdp", "lora"),
+        ("torchrun", "fsdp", "full"),
+        ("accelerate --multi_gpu", "ddp", "lora"),
+        ("accelerate --use_fsdp", "fsdp", "full"),
     ],
 )
 def test_two_processes_equal_one_with_the_same_global_batch(
-    run_setup, launcher: str, strategy: str, method: str, port: int
+    run_setup, launcher: str, strategy: str, method: str
 ) -> None:
     config, workdir = run_setup
+    port = free_port()
     # Dropout draws from each process's own RNG stream, so equality holds only without it.
     # A method's own settings only: full fine-tuning has no dropout to switch off.
     method_setting = "method.dropout=0" if method == "lora" else f"method={{name: {method}}}"
@@ -114,12 +115,13 @@ def test_two_processes_equal_one_with_the_same_global_batch(
         torch.testing.assert_close(got[key], value, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(("strategy", "port"), [("ddp", 29534), ("fsdp", 29537)])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_sigterm_to_one_rank_stops_both_and_resume_continues_exactly(
-    run_setup, strategy: str, port: int
+    run_setup, strategy: str
 ) -> None:
     """With dropout on, each process's random stream must come back from the checkpoint."""
     config, workdir = run_setup
+    port = free_port()
     driver = workdir / "driver.py"
     driver.write_text(SIGTERM_RANK_1)
     common = [

@@ -133,7 +133,9 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(
         torch.testing.assert_close(grads_checkpointed[name], grads_plain[name], atol=1e-6, rtol=0)
 
 
-def train_tiny(tokenizer, model, tmp_path: Path, learning_rate: float = 1e-2, **settings):
+def train_tiny(
+    tokenizer, model, tmp_path: Path, learning_rate: float = 1e-2, on_metrics=None, **settings
+):
     data = examples(tokenizer)
     config = TrainConfig(
         **{"epochs": 1, "batch_size": 4, "eval_every": 5, "warmup_ratio": 0.0, **settings}
@@ -146,7 +148,7 @@ def train_tiny(tokenizer, model, tmp_path: Path, learning_rate: float = 1e-2, **
             data,
             settings=LoopSettings(config, learning_rate),
             batches=tiny_batches(tokenizer, config),
-            output=LoopOutput(tmp_path / "metrics.jsonl", progress),
+            output=LoopOutput(tmp_path / "metrics.jsonl", progress, on_metrics=on_metrics),
         )
 
 
@@ -180,6 +182,14 @@ def test_lora_training_lowers_loss_and_touches_only_the_adapter(
 def test_early_stopping_keeps_the_best_step(tiny_tokenizer, tiny_model, tmp_path) -> None:
     # A huge learning rate makes validation loss worsen: the run must stop and keep the best.
     model = get_method("lora").attach(tiny_model, method_settings(r=8, dropout=0.0))
+    weights_at_eval: dict[int, dict[str, torch.Tensor]] = {}
+
+    def snapshot(record) -> None:
+        if "val_loss" in record:
+            weights_at_eval[record["step"]] = {
+                n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
+            }
+
     result = train_tiny(
         tiny_tokenizer,
         model,
@@ -188,12 +198,19 @@ def test_early_stopping_keeps_the_best_step(tiny_tokenizer, tiny_model, tmp_path
         max_steps=200,
         eval_every=1,
         early_stopping_patience=2,
+        on_metrics=snapshot,
     )
     assert result.stopped_early
     assert result.state.step < 200
-    assert result.best_trainable_state is not None
-    best = min(loss for _, loss in result.state.val_history)
-    assert result.state.best_val_loss == best
+    best_step, best = min(result.state.val_history, key=lambda item: item[1])
+    assert result.state.best_val_loss == best and result.state.best_step == best_step
+    assert best_step < result.state.step  # the last weights are not the best ones
+    kept = result.best_trainable_state
+    assert kept is not None and kept.keys() == weights_at_eval[best_step].keys()
+    for name, tensor in weights_at_eval[best_step].items():
+        assert torch.equal(kept[name], tensor), name
+    last = weights_at_eval[result.state.step]
+    assert any(not torch.equal(kept[name], last[name]) for name in last)
 
 
 def test_overfitting_warning_needs_rising_validation_and_falling_training() -> None:
@@ -222,7 +239,7 @@ class PoisonedSFT:
         return (loss * float("nan"), units) if self.calls in self.poisoned_calls else (loss, units)
 
 
-def run_poisoned(tokenizer, model, tmp_path, poisoned: set[int], steps: int):
+def run_poisoned(tokenizer, model, tmp_path, poisoned: set[int], steps: int, on_metrics=None):
     data = examples(tokenizer)
     settings = TrainConfig(max_steps=steps, batch_size=8, warmup_ratio=0.0)
     with TrainingProgress(100, enabled=False) as progress:
@@ -233,16 +250,29 @@ def run_poisoned(tokenizer, model, tmp_path, poisoned: set[int], steps: int):
             [],
             settings=LoopSettings(settings, learning_rate=1e-2),
             batches=tiny_batches(tokenizer, settings),
-            output=LoopOutput(tmp_path / "metrics.jsonl", progress),
+            output=LoopOutput(tmp_path / "metrics.jsonl", progress, on_metrics=on_metrics),
         )
 
 
 def test_nonfinite_step_is_skipped_named_and_leaves_weights_alone(
     tiny_tokenizer, tiny_model, tmp_path
 ) -> None:
+    # One micro-batch per step here: call 2 is step 2. The weights right after the skipped
+    # step must equal those right after step 1, and step 1 must have changed them.
     model = get_method("lora").attach(tiny_model, method_settings(r=4, dropout=0.0))
-    # One micro-batch per step here: call 2 is step 2.
-    result = run_poisoned(tiny_tokenizer, model, tmp_path, {2}, steps=3)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    seen: list[tuple[dict, dict[str, torch.Tensor]]] = []
+
+    def snapshot(record) -> None:
+        seen.append((record, {n: p.detach().clone() for n, p in trainable.items()}))
+
+    result = run_poisoned(tiny_tokenizer, model, tmp_path, {2}, steps=3, on_metrics=snapshot)
+    after_step_1 = next(w for r, w in seen if r.get("step") == 1 and "train_loss" in r)
+    after_skip = next(w for r, w in seen if r.get("event") == "nonfinite_skipped")
+    assert any(not torch.equal(after_step_1[n], before[n]) for n in before)
+    for name in before:
+        assert torch.equal(after_skip[name], after_step_1[name]), name
     assert result.state.step == 3  # the poisoned window was skipped, then training went on
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     skipped = [line for line in lines if line.get("event") == "nonfinite_skipped"]

@@ -16,9 +16,10 @@ value; printing is the caller's business, except the progress bar of `train`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
@@ -56,6 +57,9 @@ from tunesmith.training import (
     prepare_training_data,
     write_final,
 )
+
+if TYPE_CHECKING:
+    from tunesmith.evaluate.run import EvalResult
 
 __all__ = ["evaluate", "merge", "prepare_data", "train"]
 
@@ -307,25 +311,53 @@ def evaluate(
     test_files: Sequence[Path] | None = None,
     metrics: Sequence[str] | None = None,
     max_items: int | None = None,
-):
-    """Score the base model (zero-shot, few-shot) and the fine-tuned one; write `eval/`."""
+    trust_remote_code: bool = False,
+    on_notice: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """Score the run against its base model on held-out data; write `eval/` in the run.
+
+    Conversations: base zero-shot and few-shot vs fine-tuned on the task's metrics;
+    preference pairs: preference accuracy and margin; raw text: perplexity. Each with
+    paired-bootstrap intervals and a one-line verdict. ``trust_remote_code`` is this
+    caller's decision, never the run directory's; ``on_notice`` receives what the user
+    should be told (a stored setting that was ignored).
+    """
     from tunesmith.evaluate.stage import evaluate_run
 
-    return evaluate_run(run_dir, test_files=test_files, metrics=metrics, max_items=max_items)
+    return evaluate_run(
+        run_dir,
+        test_files=test_files,
+        metrics=metrics,
+        max_items=max_items,
+        trust_remote_code=trust_remote_code,
+        on_notice=on_notice,
+    )
 
 
-def merge(run_dir: Path, out: Path | None = None) -> Path:
+def merge(
+    run_dir: Path,
+    out: Path | None = None,
+    *,
+    trust_remote_code: bool = False,
+    on_notice: Callable[[str], None] | None = None,
+) -> Path:
     """Fold the trained adapter into the base weights; returns the plain model's dir."""
     from tunesmith.methods import get_method
     from tunesmith.runs import load_trained
 
-    trained = load_trained(run_dir)
+    trained = load_trained(run_dir, trust_remote_code=trust_remote_code)
+    for notice in trained.notices:
+        (on_notice or console_warning)(notice)
     method = get_method(trained.config.method.name)
     target = out or RunPaths(run_dir).root / "merged"
     merged = method.merge(trained.model)
     merged.save_pretrained(target, safe_serialization=True)
     trained.tokenizer.save_pretrained(target)
     return target
+
+
+def console_warning(message: str) -> None:
+    Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 def prepare_data(config: RunConfig, *, test: Sequence[Path] | None = None) -> PreparedRecords:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import typer
 from rich.console import Console
@@ -33,6 +32,15 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., object])
+
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Run Python code shipped with the base model. Only this flag grants it; a run "
+        "directory's own config.yaml never does.",
+    ),
+]
 
 
 def friendly_errors(command: F) -> F:
@@ -105,7 +113,13 @@ def train(
 
         raise typer.Exit(STOPPED_BY_SIGNAL_EXIT_CODE)
     if run_config.eval.enabled:
-        _run_evaluation(summary.run_dir, test_files=None, metrics=None, max_items=None)
+        _run_evaluation(
+            summary.run_dir,
+            test_files=None,
+            metrics=None,
+            max_items=None,
+            trust_remote_code=run_config.model.trust_remote_code,
+        )
 
 
 def _print_train_summary(summary) -> None:
@@ -141,7 +155,7 @@ def _run_evaluation(run_dir: Path, **options: object) -> None:
     from tunesmith.evaluate.run import KIND_DESCRIPTIONS
 
     console.print(f"[bold]evaluating[/bold] {run_dir} on its held-out data")
-    result = api.evaluate(run_dir, **options)
+    result = api.evaluate(run_dir, on_notice=_print_notice, **options)
     console.print(KIND_DESCRIPTIONS[result.kind])
     print_comparison(result.comparison, console)
     if result.forgetting is not None:
@@ -171,9 +185,16 @@ def evaluate_command(
         ),
     ] = None,
     max_items: Annotated[int | None, typer.Option(help="Evaluate at most this many items.")] = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Prove the fine-tune was worth it: base zero-shot vs few-shot vs fine-tuned, with CIs."""
-    _run_evaluation(run_dir, test_files=test, metrics=metric, max_items=max_items)
+    _run_evaluation(
+        run_dir,
+        test_files=test,
+        metrics=metric,
+        max_items=max_items,
+        trust_remote_code=trust_remote_code,
+    )
 
 
 @app.command()
@@ -216,11 +237,12 @@ def merge(
     out: Annotated[
         Path | None, typer.Option(help="Where to write the merged model; default RUN_DIR/merged.")
     ] = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Fold the trained adapter into the base weights: a plain model any tool loads."""
     from tunesmith import api
 
-    target = api.merge(run_dir, out)
+    target = api.merge(run_dir, out, trust_remote_code=trust_remote_code, on_notice=_print_notice)
     console.print(
         f"merged {run_dir} into the base model: {target}\n"
         f"load it with AutoModelForCausalLM.from_pretrained({str(target)!r})"
@@ -238,12 +260,13 @@ def generate(
     base: Annotated[
         bool, typer.Option("--base", help="Answer with the untrained base model instead.")
     ] = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Answer one prompt with the fine-tuned model, streaming tokens."""
     from tunesmith.chat import reply
-    from tunesmith.runs import base_model_of, load_trained
+    from tunesmith.runs import base_model_of
 
-    trained = load_trained(run_dir)
+    trained = _load_trained(run_dir, trust_remote_code)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}
     ]
@@ -269,11 +292,12 @@ def chat(
     base: Annotated[
         bool, typer.Option("--base", help="Talk to the untrained base model instead.")
     ] = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Talk to the fine-tuned model. Empty line or Ctrl-D ends; /reset clears the history."""
-    from tunesmith.runs import base_model_of, load_trained
+    from tunesmith.runs import base_model_of
 
-    trained = load_trained(run_dir)
+    trained = _load_trained(run_dir, trust_remote_code)
     who = "the base model of " if base else ""
     console.print(f"chatting with {who}{run_dir} ([dim]empty line or Ctrl-D to quit, /reset[/dim])")
     with base_model_of(trained) if base else contextlib.nullcontext(trained.model) as model:
@@ -306,6 +330,19 @@ def _chat_loop(model, tokenizer, system: str | None, max_new_tokens: int, temper
         )
         sys.stdout.write("\n")
         history.append({"role": "assistant", "content": answer})
+
+
+def _load_trained(run_dir: Path, trust_remote_code: bool):
+    from tunesmith.runs import load_trained
+
+    trained = load_trained(run_dir, trust_remote_code=trust_remote_code)
+    for notice in trained.notices:
+        _print_notice(notice)
+    return trained
+
+
+def _print_notice(notice: str) -> None:
+    err_console.print(f"[yellow]notice:[/yellow] {escape(notice)}", markup=True, highlight=False)
 
 
 def _write_stdout(text: str) -> None:

@@ -194,8 +194,31 @@ class EvalConfig(_Section):
 class OutputConfig(_Section):
     dir: Path = Field(Path("runs"), description="Parent directory of run directories.")
     name: str | None = Field(
-        None, description="Run name; defaults to the config file's stem or the data file's."
+        None,
+        description="Run name; defaults to the config file's stem or the data file's. One "
+        "folder name: no '/', '\\', '..' or absolute path, so a run stays inside output.dir.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_folder(cls, value: str | None) -> str | None:
+        """A name that climbs out of ``output.dir`` would let checkpoint rotation delete
+        another run's ``step-*`` folders, so only a plain folder name is accepted."""
+        if value is None:
+            return value
+        if (
+            not value.strip()
+            or value in (".", "..")
+            or "/" in value
+            or "\\" in value
+            or ".." in value
+            or Path(value).is_absolute()
+        ):
+            raise ValueError(
+                "must be one folder name inside output.dir (no '/', '\\', '..' or absolute "
+                "path); put the parent folder in output.dir instead"
+            )
+        return value
 
 
 class RunConfig(_Section):
@@ -228,9 +251,18 @@ class RunConfig(_Section):
 
     @property
     def run_dir(self) -> Path:
-        """output.dir / output.name; the name defaults to the first training file's stem."""
+        """``output.dir / output.name``, resolved; the name defaults to the first training
+        file's stem. A name that ends up outside ``output.dir`` (say through a symlink named
+        like the run) is refused rather than written to."""
         name = self.output.name or (self.data.train[0].stem if self.data.train else "run")
-        return self.output.dir / name
+        parent = self.output.dir.resolve()
+        run_dir = (parent / name).resolve()
+        if run_dir.parent != parent:
+            raise ConfigError(
+                f"output.name: the run directory {run_dir} is not inside output.dir "
+                f"({parent}). Fix: set output.name to a plain folder name."
+            )
+        return run_dir
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -72,32 +72,67 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"{paths.config}: {error}") from None
 
 
+REMOTE_CODE_FLAG = "--trust-remote-code"
+
+
 @dataclass
 class TrainedModel:
+    """A run's fine-tuned model; ``notices`` are things the caller should show the user."""
+
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     config: RunConfig
     device: torch.device
+    notices: list[str] = field(default_factory=list)
 
 
-def load_trained(run_dir: Path, *, device: str = "auto") -> TrainedModel:
-    """The fine-tuned model of a run, rebuilt from the base model and `final/`."""
+def remote_code_notice(run_dir: Path, config: RunConfig, trust_remote_code: bool) -> str | None:
+    """The line to show when a run directory's config asks for remote code this call did not.
+
+    A run directory may come from anyone (a shared disk, a download), so what its
+    ``config.yaml`` says about running the model's Python code is shown, never obeyed.
+    """
+    if not config.model.trust_remote_code or trust_remote_code:
+        return None
+    return (
+        f"{RunPaths(run_dir).config} sets model.trust_remote_code: true; ignored, because a "
+        f"run directory cannot grant that. If you trust the code of {config.model.name}, "
+        f"pass {REMOTE_CODE_FLAG} (Python: trust_remote_code=True)."
+    )
+
+
+def load_trained(
+    run_dir: Path, *, trust_remote_code: bool = False, device: str = "auto"
+) -> TrainedModel:
+    """The fine-tuned model of a run, rebuilt from the base model and `final/`.
+
+    ``trust_remote_code`` must come from this invocation (a CLI flag or the API call): the
+    value stored in the run directory is ignored and reported in ``notices`` instead.
+    """
     paths = RunPaths(run_dir)
     config = read_run_config(run_dir)
     if not paths.final.is_dir():
         raise RunError(f"{paths.final} is missing: the run has not finished training.")
+    notice = remote_code_notice(run_dir, config, trust_remote_code)
+    config.model.trust_remote_code = trust_remote_code
     method = get_method(config.method.name)
     target = pick_device(device)
     loaded = load_base_model(
         config.model.name,
         device=target,
         cache_dir=config.model.cache_dir,
-        trust_remote_code=config.model.trust_remote_code,
+        trust_remote_code=trust_remote_code,
         **method.base_load_options(config.method),
     )
     model = method.load(loaded.model, paths.final)
     model.eval()
-    return TrainedModel(model=model, tokenizer=loaded.tokenizer, config=config, device=target)
+    return TrainedModel(
+        model=model,
+        tokenizer=loaded.tokenizer,
+        config=config,
+        device=target,
+        notices=[notice] if notice else [],
+    )
 
 
 @contextlib.contextmanager

@@ -15,6 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def shared_file(relative: str) -> Path:
+    """A file of the full datasets in ../shared/data, or a skip that says what is missing
+    (CI checkouts have only the slices in tests/fixtures)."""
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: the full dataset lives outside the repo")
+    return path
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -72,5 +82,5 @@ def chat() -> Callable[[int], dict[str, Any]]:
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    return SHARED_DATA
+def fixtures() -> Path:
+    return FIXTURES

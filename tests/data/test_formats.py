@@ -12,6 +12,8 @@ import pytest
 from tunesmith.data.formats import read_file
 from tunesmith.data.records import Conversation, Message, Preference, Text
 
+from .conftest import shared_file
+
 U, A, S = "user", "assistant", "system"
 
 
@@ -258,27 +260,40 @@ def test_jsonl_content_in_a_json_file_is_read_with_a_warning(tmp_path):
     assert [(p.code, p.severity) for p in result.problems] == [("jsonl_in_json_file", "warning")]
 
 
-def test_real_sms_spam_tsv_with_a_column_mapping(shared_data):
-    path = shared_data / "sms_spam" / "SMSSpamCollection"
+def test_real_sms_spam_tsv_with_a_column_mapping(fixtures):
+    path = fixtures / "sms_spam" / "SMSSpamCollection"
     result = read_file(path, columns={"text": "SMS", "label": "Label"})
     assert result.file_type == "tsv"
     assert result.problems == []
-    assert Counter(r.label for r in result.records) == {"ham": 4827, "spam": 747}
+    assert Counter(r.label for r in result.records) == {"ham": 167, "spam": 33}
     first = result.records[0]
     assert first.source.line == 2
     assert first.messages[1] == Message(A, "ham")
 
 
-def test_real_orca_dpo_pairs_in_openai_preference_format(shared_data):
-    path = shared_data / "orca_dpo_pairs_sample" / "validation.jsonl"
+def test_the_whole_sms_spam_collection_reads_without_a_problem():
+    result = read_file(
+        shared_file("sms_spam/SMSSpamCollection"), columns={"text": "SMS", "label": "Label"}
+    )
+    assert result.problems == []
+    assert Counter(r.label for r in result.records) == {"ham": 4827, "spam": 747}
+
+
+def test_real_orca_dpo_pairs_in_openai_preference_format(fixtures):
+    path = fixtures / "orca_dpo_pairs_sample" / "validation.jsonl"
     result = read_file(path)
     assert result.format == "openai_preference"
     assert result.problems == []
-    assert len(result.records) == 284
+    assert len(result.records) == 20
     pair = result.records[0]
     assert [m.role for m in pair.prompt] == [S, U]
     assert pair.chosen.content.startswith("Step 1: Identify the names")
     assert pair.chosen != pair.rejected
+
+
+def test_all_orca_dpo_pairs_read_without_a_problem():
+    result = read_file(shared_file("orca_dpo_pairs_sample/validation.jsonl"))
+    assert result.problems == [] and len(result.records) == 284
 
 
 def test_a_corrupt_gzip_file_is_a_problem_not_a_crash(tmp_path):

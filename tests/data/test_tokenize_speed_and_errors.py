@@ -21,7 +21,7 @@ from tunesmith.data.tokenize import (
 from tunesmith.data.validate import DataError
 from tunesmith.objectives.sft import SFT
 
-from .conftest import SHARED_DATA
+from .conftest import shared_file
 
 MISTRAL_LIKE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -220,7 +220,7 @@ def test_smollm2_on_gsm8k_is_fast_masks_answers_and_caches(tmp_path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
     rows = [
         json.loads(line)
-        for line in (SHARED_DATA / "gsm8k" / "train.jsonl").read_text().splitlines()[:1000]
+        for line in shared_file("gsm8k/train.jsonl").read_text().splitlines()[:1000]
     ]
     records = [
         chat(i + 1, ("user", r["question"]), ("assistant", r["answer"]), file="gsm8k.jsonl")

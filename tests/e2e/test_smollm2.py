@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,13 @@ def test_lora_on_smollm2_trains_saves_and_answers(tmp_path: Path) -> None:
         for line in (run_dir / "metrics.jsonl").read_text().splitlines()
         if "train_loss" in line
     ]
-    assert len(losses) == 3 and all(0 < line["train_loss"] < 10 for line in losses)
+    assert len(losses) == 3
+    # Training happened: held-out loss fell from the base model's to the adapter's (the run
+    # prints both; a run that does not update the weights prints the same number twice).
+    drop = re.search(r"validation loss (\d+\.\d+) → (\d+\.\d+)", trained.stdout)
+    assert drop, trained.stdout[-2000:]
+    before, after = float(drop.group(1)), float(drop.group(2))
+    assert after < before - 0.01, (before, after)
     assert (run_dir / "final" / "adapter_model.safetensors").is_file()
 
     answer = tunesmith(

@@ -323,8 +323,8 @@ _KILLED_SAVER = textwrap.dedent(
 
 @pytest.mark.parametrize(
     ("slow_file", "leftover"),
-    [("trainable.safetensors", ".step-2.tmp-"), (".COMPLETE.json.tmp", "step-2")],
-    ids=["while-staging", "after-rename-before-manifest"],
+    [("trainable.safetensors", ".step-2.tmp-"), ("COMPLETE.json", ".step-2.tmp-")],
+    ids=["while-staging", "while-writing-the-manifest"],
 )
 def test_kill_9_during_a_save_leaves_the_previous_checkpoint_newest(
     tmp_path: Path, slow_file: str, leftover: str
@@ -521,6 +521,7 @@ def test_staging_happens_next_to_the_target_never_in_tmpdir(
         "scheduler.pt",
         "rng.pt",
         "train_state.json",
+        "COMPLETE.json",
     }
     assert all(p.startswith(checkpoints) for p in written_paths), written_paths
     assert list(other_tmp.iterdir()) == []
@@ -624,3 +625,115 @@ def test_a_gathered_optimizer_state_is_saved_instead_of_the_optimizer(tmp_path: 
             tmp_path, 2, trainable_state={}, optimizer=optimizer, optimizer_state=gathered,
             scheduler=None, train_state={},
         )  # fmt: skip
+
+
+_KILLED_EXIT = 77
+_GATED_OS_CALLS = ("mkdir", "open", "write", "fsync", "replace", "rename", "unlink", "rmdir")
+
+
+def _resave_in_a_child_killed_at(run_dir: Path, model, optimizer, scheduler, kill_at: int) -> int:
+    """Re-save step 2 in a forked child that dies (``os._exit``, no cleanup) right before
+    its ``kill_at``-th filesystem call; returns the child's exit code (0: it finished)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            calls = [0]
+
+            def gate(real):
+                def gated(*args, **kwargs):
+                    if calls[0] == kill_at:
+                        os._exit(_KILLED_EXIT)
+                    calls[0] += 1
+                    return real(*args, **kwargs)
+
+                return gated
+
+            for name in _GATED_OS_CALLS:
+                setattr(os, name, gate(getattr(os, name)))
+            _save(run_dir, 2, model, optimizer, scheduler)
+            os._exit(0)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork to kill a save mid-way")
+def test_a_kill_at_any_point_of_a_re_save_leaves_a_complete_copy_of_that_step(tmp_path: Path):
+    """Promise R1 for a step saved twice (a final save at a periodic step, last-good): the old
+    copy must survive until the new one is complete, so resume finds step 2, old or new."""
+    outcomes = []
+    for kill_at in range(500):
+        run_dir = tmp_path / f"kill-{kill_at}"
+        _seed_everything(0)
+        model, optimizer, scheduler = _make_training(seed=0)
+        _train_step(model, optimizer, scheduler)
+        _save(run_dir, 2, model, optimizer, scheduler)
+        old = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        new = {k: v.clone() for k, v in model.state_dict().items()}
+
+        code = _resave_in_a_child_killed_at(run_dir, model, optimizer, scheduler, kill_at)
+        assert code in (0, _KILLED_EXIT), code
+        latest = find_latest_checkpoint(run_dir)
+        assert latest is not None, (kill_at, _checkpoints_dir_entries(run_dir))
+        loaded = load_checkpoint(latest)
+        assert loaded.step == 2
+        weight = loaded.trainable_state["0.weight"]
+        is_new = torch.equal(weight, new["0.weight"])
+        assert is_new or torch.equal(weight, old["0.weight"]), kill_at
+        assert resolve_resume(run_dir, "auto") == latest
+        outcomes.append((latest.name, is_new))
+        # The next rotation (or save) puts a set-aside old copy back in its place.
+        rotate_checkpoints(run_dir, keep_last=1, best_step=None)
+        assert _checkpoints_dir_entries(run_dir) == ["step-2"], kill_at
+        if code == 0:
+            assert is_new and latest == run_dir / "checkpoints" / "step-2"
+            break
+    else:
+        pytest.fail("the re-save never finished within 500 filesystem calls")
+    assert any(name.startswith(".step-2.old-") for name, _ in outcomes), outcomes
+    assert ("step-2", False) in outcomes and ("step-2", True) in outcomes
+
+
+def test_rotation_never_deletes_outside_the_run(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    other = tmp_path / "other-run" / "checkpoints"
+    _trained_run(other.parent, steps=2)
+    _trained_run(run_dir, steps=3)
+    (run_dir / "checkpoints" / "step-0").symlink_to(other / "step-1", target_is_directory=True)
+    (run_dir / "checkpoints" / ".step-0.tmp-x").symlink_to(other / "step-2")
+
+    deleted = rotate_checkpoints(run_dir, keep_last=1, best_step=None)
+
+    assert sorted(p.name for p in deleted) == ["step-1", "step-2"]
+    assert _checkpoints_dir_entries(other.parent) == ["step-1", "step-2"]
+    assert load_checkpoint(other / "step-1").step == 1
+
+
+def test_a_checkpoints_folder_that_leads_elsewhere_is_refused(tmp_path: Path):
+    other = tmp_path / "other-run"
+    _trained_run(other, steps=2)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").symlink_to(other / "checkpoints", target_is_directory=True)
+
+    with pytest.raises(CheckpointError, match="leads outside the run directory"):
+        rotate_checkpoints(run_dir, keep_last=1, best_step=None)
+    with pytest.raises(CheckpointError, match="leads outside the run directory"):
+        find_latest_checkpoint(run_dir)
+    assert _checkpoints_dir_entries(other) == ["step-1", "step-2"]
+
+
+def test_resume_from_a_checkpoint_of_another_run_is_refused(tmp_path: Path):
+    other = tmp_path / "other-run"
+    _trained_run(other, steps=1)
+    run_dir = tmp_path / "run"
+    _trained_run(run_dir, steps=1)
+    sneaky = run_dir / "checkpoints" / ".." / ".." / "other-run" / "checkpoints" / "step-1"
+
+    for path in (other / "checkpoints" / "step-1", sneaky):
+        with pytest.raises(CheckpointError, match="not a folder of this run's checkpoints"):
+            resolve_resume(run_dir, str(path))
+    assert resolve_resume(run_dir, str(run_dir / "checkpoints" / "step-1")).name == "step-1"

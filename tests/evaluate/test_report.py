@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from tunesmith.evaluate.report import (
     write_report,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -96,11 +98,23 @@ def test_report_without_training_metrics_or_forgetting(tmp_path: Path, make_conv
     assert not (tmp_path / "loss_curves.png").exists()
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="/usr/bin/chromium is absent; install it (apt-get install -y chromium) to render",
-)
+REQUIRE_BROWSER_ENV = "TUNESMITH_REQUIRE_BROWSER"
+"""Set to 1 by `make test` after `make browser`: then a missing Chromium fails the test."""
+
+
+def _chromium_or_skip() -> None:
+    if CHROMIUM.exists():
+        return
+    message = (
+        "/usr/bin/chromium is absent; install it (make browser, or apt-get install -y chromium)"
+    )
+    if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
+        pytest.fail(f"{message}: {REQUIRE_BROWSER_ENV}=1 says the browser must be there")
+    pytest.skip(message + " to render the report")
+
+
 def test_report_renders_in_headless_chromium(tmp_path: Path, make_conversation) -> None:
+    _chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     items, systems, comparison = _comparison_inputs(make_conversation)

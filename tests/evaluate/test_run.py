@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from peft import LoraConfig, get_peft_model
 
 from tunesmith.evaluate.compare import BASE_FEW_SHOT, BASE_ZERO_SHOT, FINE_TUNED
@@ -29,6 +30,13 @@ def test_classification_run_writes_results_and_report(
     tmp_path: Path, make_tiny_llama, chat_tokenizer, make_conversation
 ) -> None:
     model = _peft(make_tiny_llama(chat_tokenizer))
+    # LoRA B starts at zero, which would make the adapter a no-op and any "base" pass for the
+    # base; a non-zero B makes the fine-tuned model differ, so only a real base matches.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
     test_items = _classification_items(make_conversation, 8)
     train_items = _classification_items(make_conversation, 6, offset=100)
     result = evaluate_models(
@@ -45,10 +53,19 @@ def test_classification_run_writes_results_and_report(
     for outputs in result.outputs.values():
         assert len(outputs) == 8
         assert set(outputs) <= {"positive", "negative"}
-    # The LoRA B matrices start at zero: the adapter does not change the model yet.
-    assert result.outputs[FINE_TUNED] == result.outputs[BASE_ZERO_SHOT]
     assert result.forgetting is not None
-    assert result.forgetting.relative_change == pytest.approx(0.0, abs=1e-6)
+    # The base is the model with the adapter switched off: its perplexity is that of the
+    # model without the adapter, and the fine-tuned one's differs.
+    with model.disable_adapter():
+        base_again = evaluate_models(
+            model, chat_tokenizer, test_items, train_items, out_dir=tmp_path / "again",
+            base_model=model, k_shot=2, n_resamples=200,
+        )  # fmt: skip
+    assert result.forgetting.base_perplexity == pytest.approx(
+        base_again.forgetting.fine_tuned_perplexity, rel=1e-6
+    )
+    assert result.outputs[BASE_ZERO_SHOT] == base_again.outputs[FINE_TUNED]
+    assert abs(result.forgetting.relative_change) > 1e-3
     saved = json.loads(result.results_path.read_text(encoding="utf-8"))
     assert saved["comparison"]["verdict"] == result.comparison.verdict
     assert saved["settings"]["label_constrained"] == ["negative", "positive"]

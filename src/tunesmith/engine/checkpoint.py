@@ -16,9 +16,18 @@ Why it is built this way (promises R1-R3, R9, R10, R12):
 
 * A save stages into ``checkpoints/.step-<N>.tmp-<uuid>/`` next to the target, never in
   ``/tmp``, so the final ``os.replace`` is a rename on one filesystem (no EXDEV, no small
-  ``$TMPDIR``). Every file and directory is fsynced before the rename, and ``COMPLETE.json``
-  comes last: a folder without a valid one is, by definition, not a checkpoint. A crash,
-  ``kill -9`` or full disk at any byte therefore leaves the previous checkpoint as the newest.
+  ``$TMPDIR``). Every file and directory is fsynced, ``COMPLETE.json`` is written last into
+  the staging folder, and only then is the folder renamed into place: a folder without a
+  valid manifest is, by definition, not a checkpoint. A crash, ``kill -9`` or full disk at any
+  byte therefore leaves the previous checkpoint as the newest.
+* Saving a step that already has a checkpoint moves the old copy aside
+  (``.step-<N>.old-<uuid>/``) only once the new one is complete, renames the new one in and
+  then deletes the old; a crash between the two renames leaves the old copy, which the
+  finder accepts and the next save puts back. A step is never lost to its own re-save.
+* Rotation and resume stay inside the run: the ``checkpoints`` folder, every ``step-<N>``
+  folder and an explicit ``--resume`` path are resolved and must lie in the run's own
+  ``checkpoints`` folder (no symlink or ``..`` leads out), so a misnamed run never deletes or
+  loads another run's checkpoints.
 * Loading verifies every checksum on the very bytes it then deserializes, and reads the
   ``.pt`` files with ``torch.load(weights_only=True)``, so a tampered file can neither be
   half-trusted nor run code.
@@ -71,6 +80,7 @@ FREE_SPACE_MARGIN = 1.2
 
 _WRITE_CHUNK_BYTES = 8 * 1024 * 1024
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_SET_ASIDE_DIR = re.compile(r"^\.step-(\d+)\.old-[0-9a-f]+$")
 _REQUIRED_FILES = (TRAINABLE_FILE, OPTIMIZER_FILE, TRAIN_STATE_FILE)
 _PLAIN_LEAVES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -161,10 +171,11 @@ def save_checkpoint(
         _require_weights_only_loadable(scheduler_state, SCHEDULER_FILE)
     train_state_json = _train_state_json(train_state, step, metric)
 
-    checkpoints_dir = Path(run_dir) / CHECKPOINTS_DIRNAME
+    checkpoints_dir = _checkpoints_dir(run_dir)
     if not checkpoints_dir.is_dir():
         checkpoints_dir.mkdir(parents=True)
         _fsync_dir(checkpoints_dir.parent)
+    _put_back_set_aside(checkpoints_dir)
     final_dir = checkpoints_dir / f"step-{step}"
     estimated = sum(t.numel() * t.element_size() for t in trainable_state.values())
     estimated += sum(t.numel() * t.element_size() for t in _tensors_in(optimizer_state))
@@ -185,7 +196,6 @@ def save_checkpoint(
         payloads.append((_rng_file(rank), lambda state=rng_state: _torch_bytes(state)))
     payloads.append((TRAIN_STATE_FILE, lambda: train_state_json))
 
-    published = False
     try:
         staging_dir.mkdir()
         manifest_files: dict[str, dict[str, Any]] = {}
@@ -193,20 +203,16 @@ def save_checkpoint(
             data = serialize()
             _write_durably(staging_dir / name, data)
             manifest_files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        _fsync_dir(staging_dir)
-        _publish(staging_dir, final_dir)
-        published = True
         manifest = {
             "format_version": MANIFEST_FORMAT_VERSION,
             "step": step,
             "files": manifest_files,
         }
-        complete_tmp = final_dir / f".{COMPLETE_FILE}.tmp"
-        _write_durably(complete_tmp, json.dumps(manifest, indent=2).encode())
-        os.replace(complete_tmp, final_dir / COMPLETE_FILE)
-        _fsync_dir(final_dir)
+        _write_durably(staging_dir / COMPLETE_FILE, json.dumps(manifest, indent=2).encode())
+        _fsync_dir(staging_dir)
+        _publish(staging_dir, final_dir)
     except BaseException as error:
-        shutil.rmtree(final_dir if published else staging_dir, ignore_errors=True)
+        shutil.rmtree(staging_dir, ignore_errors=True)
         if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
             raise DiskFullError(
                 final_dir, bytes_needed, shutil.disk_usage(checkpoints_dir).free
@@ -325,9 +331,11 @@ def find_latest_checkpoint(run_dir: Path) -> Path | None:
     """Return the newest checkpoint whose files all match its ``COMPLETE.json``, else None.
 
     Staging folders (``.step-N.tmp-*``) and folders without a valid manifest are never
-    returned; a corrupted newest checkpoint makes the next older one the answer.
+    returned; a corrupted newest checkpoint makes the next older one the answer. The old
+    copy a re-save of step N set aside (``.step-N.old-*``) counts as step N when a crash
+    left no complete ``step-N``.
     """
-    for step_dir in reversed(_step_dirs(run_dir)):
+    for step_dir in reversed(_step_dirs(run_dir, set_aside=True)):
         if _is_valid(step_dir):
             return step_dir
     return None
@@ -343,6 +351,13 @@ def resolve_resume(run_dir: Path, resume: str) -> Path | None:
     if resume == "auto":
         return find_latest_checkpoint(run_dir)
     path = Path(resume)
+    checkpoints_dir = _checkpoints_dir(run_dir).resolve()
+    if path.resolve().parent != checkpoints_dir:
+        raise _invalid(
+            path,
+            f"it is not a folder of this run's checkpoints ({checkpoints_dir}); a run resumes "
+            "only from its own checkpoints",
+        )
     manifest = _read_manifest(path)
     for name, entry in manifest["files"].items():
         _verify_streaming(path, name, entry)
@@ -392,7 +407,9 @@ def rotate_checkpoints(run_dir: Path, keep_last: int, best_step: int | None) -> 
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    checkpoints_dir = Path(run_dir) / CHECKPOINTS_DIRNAME
+    checkpoints_dir = _checkpoints_dir(run_dir)
+    if checkpoints_dir.is_dir():
+        _put_back_set_aside(checkpoints_dir)
     step_dirs = _step_dirs(run_dir)
     complete = [d for d in step_dirs if _has_manifest(d)]
     if not complete:
@@ -402,10 +419,48 @@ def rotate_checkpoints(run_dir: Path, keep_last: int, best_step: int | None) -> 
         kept.add(checkpoints_dir / f"step-{best_step}")
     newest_complete = step_dirs.index(complete[-1])
     doomed = [d for d in step_dirs[:newest_complete] if d not in kept]
-    doomed += [d for d in checkpoints_dir.iterdir() if d.name.startswith(".step-") and d.is_dir()]
+    doomed += [
+        d
+        for d in checkpoints_dir.iterdir()
+        if d.name.startswith(".step-") and d.is_dir() and _inside(d, checkpoints_dir)
+    ]
     for folder in doomed:
         shutil.rmtree(folder)
     return doomed
+
+
+def _checkpoints_dir(run_dir: Path) -> Path:
+    """``run_dir/checkpoints``, refused when it resolves to a place outside the run (a
+    symlink to another run's folder), because rotation deletes in it."""
+    checkpoints_dir = Path(run_dir) / CHECKPOINTS_DIRNAME
+    if checkpoints_dir.is_symlink() or (
+        checkpoints_dir.exists() and checkpoints_dir.resolve().parent != Path(run_dir).resolve()
+    ):
+        raise CheckpointError(
+            f"{checkpoints_dir} leads outside the run directory {run_dir} "
+            f"(it resolves to {checkpoints_dir.resolve()}); tunesmith neither writes nor "
+            "deletes checkpoints there. Fix: remove that link and let the run create its own "
+            "checkpoints folder."
+        )
+    return checkpoints_dir
+
+
+def _inside(folder: Path, checkpoints_dir: Path) -> bool:
+    """True for a real folder (not a symlink) directly inside ``checkpoints_dir``."""
+    return not folder.is_symlink() and folder.resolve().parent == checkpoints_dir.resolve()
+
+
+def _put_back_set_aside(checkpoints_dir: Path) -> None:
+    """Rename a complete ``.step-N.old-*`` copy back to ``step-N`` when a crash during its
+    re-save left no ``step-N``, so rotation and the next save see that step again."""
+    for folder in checkpoints_dir.iterdir():
+        match = _SET_ASIDE_DIR.match(folder.name)
+        if not match or not _inside(folder, checkpoints_dir):
+            continue
+        target = checkpoints_dir / f"step-{match.group(1)}"
+        if not target.exists() and _is_valid(folder):
+            os.replace(folder, target)
+            _fsync_dir(checkpoints_dir)
 
 
 def _refuse_non_finite(trainable_state: Mapping[str, torch.Tensor]) -> None:
@@ -509,28 +564,46 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _publish(staging_dir: Path, final_dir: Path) -> None:
-    """Rename the staged folder to its final name, moving aside a same-step folder first."""
+    """Rename the complete staged folder to its final name.
+
+    A same-step folder is moved aside first and deleted only after the new one is in place;
+    between the two renames the old copy (``.step-N.old-*``) is what ``find_latest_checkpoint``
+    finds, so the step is never missing.
+    """
     if final_dir.exists():
         aside = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex}")
         os.replace(final_dir, aside)
-        os.replace(staging_dir, final_dir)
-        shutil.rmtree(aside)
+        try:
+            os.replace(staging_dir, final_dir)
+        except BaseException:
+            os.replace(aside, final_dir)
+            raise
+        _fsync_dir(final_dir.parent)
+        shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(staging_dir, final_dir)
     _fsync_dir(final_dir.parent)
 
 
-def _step_dirs(run_dir: Path) -> list[Path]:
-    """Folders named ``step-<N>`` in step order (complete or not); staging folders excluded."""
-    checkpoints_dir = Path(run_dir) / CHECKPOINTS_DIRNAME
+def _step_dirs(run_dir: Path, *, set_aside: bool = False) -> list[Path]:
+    """Folders named ``step-<N>`` in step order (complete or not); staging folders and
+    anything that resolves outside the run's ``checkpoints`` folder excluded.
+
+    With ``set_aside``, old copies moved aside by a re-save (``.step-N.old-*``) are listed
+    too, each just before the ``step-N`` of the same step, which is preferred.
+    """
+    checkpoints_dir = _checkpoints_dir(run_dir)
     if not checkpoints_dir.is_dir():
         return []
     found = []
     for entry in checkpoints_dir.iterdir():
         match = _STEP_DIR.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
-    return [entry for _, entry in sorted(found)]
+        rank = 1
+        if not match and set_aside:
+            match, rank = _SET_ASIDE_DIR.match(entry.name), 0
+        if match and entry.is_dir() and _inside(entry, checkpoints_dir):
+            found.append((int(match.group(1)), rank, entry.name, entry))
+    return [entry for *_, entry in sorted(found)]
 
 
 def _invalid(path: Path, reason: str) -> CheckpointError:
@@ -563,7 +636,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise _invalid(path, f"{COMPLETE_FILE} can't be parsed ({error})") from error
     if not well_formed:
         raise _invalid(path, f"{COMPLETE_FILE} is not a tunesmith checkpoint manifest")
-    named_step = _STEP_DIR.match(path.name)
+    named_step = _STEP_DIR.match(path.name) or _SET_ASIDE_DIR.match(path.name)
     if named_step and int(named_step.group(1)) != step:
         raise _invalid(path, f"{COMPLETE_FILE} belongs to step {step}, not to this folder")
     missing = [name for name in _REQUIRED_FILES if name not in files]

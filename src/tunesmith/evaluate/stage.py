@@ -14,7 +14,8 @@ follows the kind of record the run trained on:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +96,24 @@ def evaluate_run(
     metrics: Sequence[str] | None = None,
     max_items: int | None = None,
     n_resamples: int | None = None,
+    trust_remote_code: bool = False,
+    on_notice: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Score the fine-tuned model against its base on held-out data; write `eval/` in the run.
 
-    ``n_resamples`` overrides the bootstrap's resample count (fewer is faster, for tests).
+    ``trust_remote_code`` is this caller's decision, never the run directory's; what the
+    loader has to tell the user (say, a stored ``trust_remote_code`` it ignored) goes to
+    ``on_notice``. ``n_resamples`` overrides the bootstrap's resample count (fewer is
+    faster, for tests).
     """
     check_metric_names(metrics)
     paths = RunPaths(run_dir)
-    trained = load_trained(run_dir)
+    trained = load_trained(run_dir, trust_remote_code=trust_remote_code)
+    for notice in trained.notices:
+        if on_notice is None:
+            warnings.warn(notice, stacklevel=2)
+        else:
+            on_notice(notice)
     config = trained.config
     metrics = list(metrics) if metrics else config.eval.metrics
     check_metric_names(metrics)

@@ -24,7 +24,6 @@ import copy
 from pathlib import Path
 from typing import Literal
 
-import bitsandbytes
 import torch
 from peft import (
     get_peft_model,
@@ -105,6 +104,8 @@ class QLoRA:
 
 
 def _require_4bit_base(model: PreTrainedModel) -> None:
+    import bitsandbytes  # only a 4-bit run pays for it (and its import-time hub lookup)
+
     if not any(isinstance(module, bitsandbytes.nn.Linear4bit) for module in model.modules()):
         raise MethodError(
             "qlora needs the base model loaded in 4-bit: pass the method's "
@@ -114,6 +115,8 @@ def _require_4bit_base(model: PreTrainedModel) -> None:
 
 
 def _keep_float32_kernels(model: nn.Module) -> None:
+    import bitsandbytes
+
     for module in model.modules():
         if isinstance(module, bitsandbytes.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
@@ -121,6 +124,8 @@ def _keep_float32_kernels(model: nn.Module) -> None:
 
 def _dequantized_base_weights(quantized_base: nn.Module) -> dict[str, torch.Tensor]:
     """Base weights in float32 under their original names (peft's wrappers and LoRA removed)."""
+    import bitsandbytes
+
     weights: dict[str, torch.Tensor] = {}
     for module_name, module in quantized_base.named_modules():
         if ".lora_" in f".{module_name}":
