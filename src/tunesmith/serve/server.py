@@ -20,7 +20,7 @@ from tunesmith.serve.app import Limits, ServerState, create_app
 from tunesmith.serve.decoding import Decoder, Job
 from tunesmith.serve.metrics import ServeMetrics
 from tunesmith.serve.registry import Registry
-from tunesmith.serve.requestlog import RequestLog
+from tunesmith.serve.requestlog import DEFAULT_MAX_BYTES, RequestLog
 from tunesmith.serve.security import KeyChecker, check_bind, load_api_keys
 
 
@@ -41,6 +41,7 @@ def build_state(
     log_requests: Path | None = None,
     limits: Limits | None = None,
     device: str = "auto",
+    log_max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ServerState:
     """Load every run (one base in memory per base model) and the decoder that runs them."""
     registry = Registry(device=device)
@@ -61,7 +62,7 @@ def build_state(
         limits=limits or Limits(),
         keys=KeyChecker(list(keys)),
         metrics=metrics,
-        request_log=RequestLog(log_requests) if log_requests else None,
+        request_log=RequestLog(log_requests, log_max_bytes) if log_requests else None,
     )
 
 
