@@ -129,7 +129,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
         messages = [message.as_dict() for message in body.messages]
         prompt_ids = _render(served, messages)
-        call = _Call(state, served, body, prompt_ids, chat=True, messages=messages)
+        call = _Completion(state, served, body, prompt_ids, chat=True, messages=messages)
         return await call.answer(request)
 
     @app.post("/v1/completions")
@@ -144,7 +144,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                 raise APIError(400, "send one prompt per request", param="prompt")
             prompt = body.prompt[0]
         prompt_ids = list(served.tokenizer(prompt)["input_ids"])
-        call = _Call(state, served, body, prompt_ids, chat=False, messages=None)
+        call = _Completion(state, served, body, prompt_ids, chat=False, messages=None)
         return await call.answer(request)
 
     @app.post("/admin/runs")
@@ -204,7 +204,7 @@ def _render(served: ServedModel, messages: list[dict[str, str]]) -> list[int]:
         ) from None
 
 
-class _Call:
+class _Completion:
     """One request on its way through the decoder, with what its answer needs."""
 
     def __init__(

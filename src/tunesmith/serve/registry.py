@@ -180,12 +180,8 @@ class Registry:
             fallback = self.models[shared.base_id].tokenizer
         else:
             trained = load_trained(run_dir, device=str(self.device))
-            module, adapter, parent, base_key = (
-                trained.model,
-                None,
-                base_model_id(str(config.model.name)),
-                None,
-            )
+            module, adapter, base_key = trained.model, None, None
+            parent = base_model_id(str(config.model.name))
             fallback = trained.tokenizer
         tokenizer = _run_tokenizer(run_dir, fallback)
         served = self._served(model_id, module, adapter, tokenizer, final, parent, base_key)
