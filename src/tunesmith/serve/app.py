@@ -141,7 +141,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         prompt = body.prompt if isinstance(body.prompt, str) else None
         if prompt is None:
             if len(body.prompt) != 1:
-                raise APIError(400, "send one prompt per request", param="prompt")
+                raise APIError(400, "send one prompt per request")
             prompt = body.prompt[0]
         prompt_ids = list(served.tokenizer(prompt)["input_ids"])
         call = _Completion(state, served, body, prompt_ids, chat=False, messages=None)
@@ -230,7 +230,7 @@ class _Completion:
                 f"However, you requested {len(prompt_ids) + asked} tokens "
                 f"({len(prompt_ids)} in the messages, {asked} in the completion). "
                 "Please reduce the length of the messages or completion.",
-                param="messages" if chat else "prompt",
+                param="messages" if chat else None,
                 code="context_length_exceeded",
             )
         self.max_new_tokens = min(limit or state.limits.max_tokens, room)
@@ -394,8 +394,8 @@ class _Completion:
         metrics, model = self.state.metrics, self.served.id
         elapsed = time.monotonic() - self.started
         metrics.requests.labels(self.route, model, str(status)).inc()
-        metrics.tokens.labels(model, "prompt").inc(len(self.prompt_ids))
-        metrics.tokens.labels(model, "completion").inc(completion_tokens)
+        metrics.tokens.labels(model, "prompt_tokens").inc(len(self.prompt_ids))
+        metrics.tokens.labels(model, "completion_tokens").inc(completion_tokens)
         metrics.latency.labels(model).observe(elapsed)
         if not self.body.stream:
             metrics.first_token.labels(model).observe(elapsed)

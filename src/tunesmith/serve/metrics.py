@@ -19,7 +19,8 @@ class ServeMetrics:
             ["route", "model", "status"], registry=self.registry,
         )  # fmt: skip
         self.tokens = Counter(
-            "tunesmith_tokens", "Tokens processed, by model and kind (prompt or completion).",
+            "tunesmith_tokens",
+            "Tokens processed, by model and kind (prompt_tokens or completion_tokens).",
             ["model", "kind"], registry=self.registry,
         )  # fmt: skip
         self.latency = Histogram(
