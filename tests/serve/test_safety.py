@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 
 import httpx2 as httpx
 import openai
@@ -149,3 +150,35 @@ def test_fuzzed_bodies_get_4xx_and_the_server_still_answers(server) -> None:
         model="alpha", messages=QUESTION, max_tokens=3, temperature=0
     )
     assert answer.choices[0].message.content
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_row(tiny_runs) -> None:
+    with open_server(tiny_runs[:1], max_batch=4) as srv:
+        decoder = srv.state.decoder
+        seen: list = []
+        observe = decoder.on_batch
+        decoder.on_batch = lambda batch: (seen.extend(batch), observe(batch))
+        candidates = ["0 1 2 3", "the a an of", "Paris Rome", "####", "spam ham", "{", "Four."]
+        base = srv.state.registry.models["alpha"].parent  # untrained: rarely says eos
+        body = {"model": base, "max_tokens": 200, "temperature": 0, "stream": True}
+        for prompt in candidates:  # a prompt that, left alone, runs to the token limit
+            body["prompt"] = prompt
+            whole = httpx.post(f"{srv.base_url}/completions", json={**body, "stream": False})
+            if whole.json()["usage"]["completion_tokens"] == 200:
+                break
+        else:
+            raise AssertionError("no candidate prompt runs to the limit; add one")
+        seen.clear()
+        with httpx.stream("POST", f"{srv.base_url}/completions", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
+                    break  # the first piece of text arrived: hang up
+        row = seen[0].rows[0]
+        for _ in range(500):
+            if row.done:
+                break
+            threading.Event().wait(0.01)
+        assert row.cancelled and row.done
+        assert len(row.tokens) < 200
+        client = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
+        assert client.completions.create(model="alpha", prompt="0 1", max_tokens=2).choices
