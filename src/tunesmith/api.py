@@ -324,7 +324,9 @@ def prepare_data(config: RunConfig, *, test: Sequence[Path] | None = None) -> Pr
     return prepare_configured_records(config.data, test=test)
 
 
-def serve(run_dirs: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 8000, **options):
+def serve(
+    run_dirs: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 8000, **options: object
+) -> None:
     """Serve runs (and their bases) over an OpenAI-compatible API until interrupted; the
     options are those of `tunesmith.serve.serve` (api_key_file, max_batch, limits, …)."""
     from tunesmith.serve import serve as run_server
