@@ -61,7 +61,7 @@ from tunesmith.training import (
 if TYPE_CHECKING:
     from tunesmith.evaluate.run import EvalResult
 
-__all__ = ["evaluate", "merge", "prepare_data", "train"]
+__all__ = ["evaluate", "merge", "prepare_data", "serve", "train"]
 
 
 def train(
@@ -363,3 +363,13 @@ def console_warning(message: str) -> None:
 def prepare_data(config: RunConfig, *, test: Sequence[Path] | None = None) -> PreparedRecords:
     """Read, validate and split the run's data exactly as `train` will (no tokenizing)."""
     return prepare_configured_records(config.data, test=test)
+
+
+def serve(
+    run_dirs: Sequence[str | Path], *, host: str = "127.0.0.1", port: int = 8000, **options: object
+) -> None:
+    """Serve runs (and their bases) over an OpenAI-compatible API until interrupted; the
+    options are those of `tunesmith.serve.serve` (api_key_file, max_batch, limits, …)."""
+    from tunesmith.serve import serve as run_server
+
+    run_server(run_dirs, host=host, port=port, **options)

@@ -350,6 +350,41 @@ def _write_stdout(text: str) -> None:
     sys.stdout.flush()
 
 
+@app.command()
+@friendly_errors
+def serve(
+    run_dirs: Annotated[
+        list[str], typer.Argument(help="Run directories to serve (NAME=RUN_DIR renames one).")
+    ],
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback needs a key.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="File with one API key per line (or $TUNESMITH_API_KEY).")
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option(help="Allow a non-loopback bind without a key (anyone may call).")
+    ] = False,
+    max_batch: Annotated[int, typer.Option(help="Rows decoded together at most.")] = 8,
+    log_requests: Annotated[
+        Path | None, typer.Option(help="Write every chat request as JSONL here (off by default).")
+    ] = None,
+    requests_per_minute: Annotated[int, typer.Option(help="Rate limit per API key.")] = 600,
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 2048,
+) -> None:
+    """Serve the runs and their base models over an OpenAI-compatible HTTP API."""
+    from tunesmith import api
+    from tunesmith.serve import Limits
+
+    limits = Limits(requests_per_minute=requests_per_minute, max_tokens=max_tokens)
+    api.serve(
+        run_dirs, host=host, port=port, api_key_file=api_key_file,
+        insecure_no_auth=insecure_no_auth, max_batch=max_batch, log_requests=log_requests,
+        limits=limits,
+    )  # fmt: skip
+
+
 def _mount_subcommands() -> None:
     from tunesmith.cli_data import data_app
 

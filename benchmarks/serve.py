@@ -1,0 +1,227 @@
+"""Serving throughput and latency on SmolLM2: tunesmith serve (base + 2 LoRA runs from one
+base) against `transformers serve` (one merged model) and one-request-at-a-time generate.
+
+Every number comes from streaming chat requests through the official `openai` client:
+output tokens/s over the whole run, time to first token and latency p50/p95.
+
+    python benchmarks/serve.py                          # 1, 4, 16 clients, 4 requests each
+    python benchmarks/serve.py --clients 1 4 --requests 2 --max-tokens 16   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import openai
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "Play some jazz by Miles Davis",
+    "What's the weather in Paris tomorrow?",
+    "Add milk to my shopping list",
+    "Book a table for two at an Italian place tonight",
+]
+
+
+def train_runs(workdir: Path) -> list[Path]:
+    from tunesmith import api
+    from tunesmith.config import load_config
+
+    runs = []
+    for name, seed in (("support-a", 1), ("support-b", 2)):
+        overrides = [
+            f"output.dir={workdir}", f"output.name={name}", "train.max_steps=2",
+            "train.batch_size=4", "train.eval_every=100", "eval.enabled=false",
+            f"train.seed={seed}",
+        ]  # fmt: skip
+        config = load_config(REPO / "examples" / "support-lora.yaml", overrides)
+        runs.append(api.train(config, show_progress=False).run_dir)
+    return runs
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def drive(base_url: str, key: str, models: list[str], clients: int, requests: int, max_tokens: int):
+    """``clients`` threads, each sending ``requests`` streaming requests; cycles the models."""
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
+    first_tokens: list[float] = []
+    latencies: list[float] = []
+    tokens = [0]
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        model = models[index % len(models)]
+        started = time.perf_counter()
+        first = None
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
+            max_tokens=max_tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        used = 0
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - started
+            if chunk.usage is not None:
+                used = chunk.usage.completion_tokens
+        with lock:
+            latencies.append(time.perf_counter() - started)
+            first_tokens.append(first if first is not None else latencies[-1])
+            tokens[0] += used
+
+    def worker(worker_index: int) -> None:
+        for request in range(requests):
+            one(worker_index * requests + request)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return tokens[0] / wall, first_tokens, latencies
+
+
+def one_at_a_time(run_dir: Path, clients: int, requests: int, max_tokens: int):
+    """The baseline: HF generate on one request after another (what a naive server does)."""
+    from tunesmith.chat import reply
+    from tunesmith.runs import load_trained
+
+    trained = load_trained(run_dir, device="auto")
+    first_tokens, latencies, tokens = [], [], 0
+    started = time.perf_counter()
+    for index in range(clients * requests):
+        begin = time.perf_counter()
+        seen: list[float] = []
+
+        def first_piece(piece: str, seen: list[float] = seen, begin: float = begin) -> None:
+            if not seen:
+                seen.append(time.perf_counter() - begin)
+
+        text = reply(
+            trained.model, trained.tokenizer,
+            [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
+            max_new_tokens=max_tokens,
+            on_text=first_piece,
+        )  # fmt: skip
+        latencies.append(time.perf_counter() - begin)
+        first_tokens.append(seen[0] if seen else latencies[-1])
+        tokens += len(trained.tokenizer(text)["input_ids"])
+    wall = time.perf_counter() - started
+    # latencies here are service times: N clients of such a server would also queue
+    return tokens / wall, first_tokens, latencies
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_transformers_serve(model_dir: Path, continuous: bool) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1",
+               "--port", str(port), str(model_dir)]  # fmt: skip
+    if continuous:
+        command.append("--continuous-batching")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(process.stderr.read().decode()[-500:])
+        try:
+            client.models.list()
+            return process, f"http://127.0.0.1:{port}/v1"
+        except openai.APIConnectionError:
+            time.sleep(1)
+    process.kill()
+    raise RuntimeError("did not start in 180 s")
+
+
+def row(name: str, clients: int, result) -> str:
+    rate, first, latency = result
+    return (
+        f"| {name} | {clients} | {rate:.1f} | {percentile(first, 0.5):.2f} | "
+        f"{percentile(first, 0.95):.2f} | {percentile(latency, 0.5):.2f} | "
+        f"{percentile(latency, 0.95):.2f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, default=4, help="Requests per client.")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--skip-transformers-serve", action="store_true")
+    args = parser.parse_args()
+
+    from tunesmith import api
+    from tunesmith.serve import Limits, build_state, start_in_background
+
+    workdir = Path(tempfile.mkdtemp(prefix="tunesmith-serve-bench-"))
+    runs = train_runs(workdir)
+    lines = [
+        "| server | clients | output tok/s | TTFT p50 s | TTFT p95 s | latency p50 s "
+        "| latency p95 s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    limits = Limits(requests_per_minute=100_000)
+    state = build_state(runs, keys=["bench-key-0123456789abcd"], max_batch=args.max_batch,
+                        limits=limits)  # fmt: skip
+    models = list(state.registry.models)
+    with start_in_background(state) as server:
+        for clients in args.clients:
+            result = drive(server.base_url, "bench-key-0123456789abcd", models, clients,
+                           args.requests, args.max_tokens)  # fmt: skip
+            lines.append(row(f"tunesmith serve ({len(models)} models, 1 base)", clients, result))
+            print(lines[-1], flush=True)
+    for clients in args.clients:
+        result = one_at_a_time(runs[0], clients, args.requests, args.max_tokens)
+        lines.append(row("HF generate, one at a time", clients, result))
+        print(lines[-1], flush=True)
+    if not args.skip_transformers_serve:
+        merged = api.merge(runs[0])
+        for continuous in (True, False):
+            name = "transformers serve" + (" --continuous-batching" if continuous else "")
+            try:
+                process, url = start_transformers_serve(merged, continuous)
+            except RuntimeError as error:
+                lines.append(
+                    f"| {name} | - | not run: {str(error).splitlines()[-1][:80]} | | | | |"
+                )
+                print(lines[-1], flush=True)
+                continue
+            try:
+                for clients in args.clients:
+                    result = drive(url, "none", [str(merged)], clients, args.requests,
+                                   args.max_tokens)  # fmt: skip
+                    lines.append(row(name + " (1 merged model)", clients, result))
+                    print(lines[-1], flush=True)
+            except Exception as error:  # report and go on: the other rows still stand
+                lines.append(f"| {name} | - | failed: {type(error).__name__} | | | | |")
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+            break  # continuous batching worked (or failed mid-run): one transformers row set
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
