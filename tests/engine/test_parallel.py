@@ -1,7 +1,7 @@
 """Choosing how processes share the model, and how many CPU threads each one runs.
 
 The multi-process numerics (two processes equal one, exact resume) are tested with torchrun
-in tests/test_distributed.py; these are the decisions made before any process group exists.
+in tests/engine/test_distributed.py; these are the decisions made before any process group exists.
 """
 
 from __future__ import annotations
