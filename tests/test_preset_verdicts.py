@@ -62,6 +62,7 @@ def train_with_verdict(preset: Path, model_dir: Path, out: Path, *extra: str) ->
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_preset_trains_and_ends_with_a_verdict(preset: Path, tiny_model_dir: Path, tmp_path):
     config = load_config(preset)
+    assert config.data.train and all(path.is_file() for path in config.data.train)
     extra: list[str] = []
     if getattr(config.objective, "teacher", None):
         extra = ["--set", f"objective.teacher={tiny_model_dir}"]

@@ -296,7 +296,8 @@ def test_a_split_off_its_fractions_is_a_warning_naming_the_cause(write):
     codes = sorted(p.code for p in report.warnings)
     assert codes == ["group_kept_in_train", "near_duplicate", "split_off_target"]
     assert data["warnings"] == 3
-    console = Console(record=True, width=400)
+    # Wide enough that no cell wraps, whatever the length of the temporary path.
+    console = Console(record=True, width=4000)
     print_report(report, console)
     printed = console.export_text()
     assert "split_off_target" in printed and "test 25 (25.0%, asked 30%)" in printed

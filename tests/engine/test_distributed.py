@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tests.helpers import final_weights, free_port, train_losses
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
