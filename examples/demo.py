@@ -18,7 +18,7 @@ from tunesmith.api import train
 from tunesmith.chat import reply
 from tunesmith.config import load_config
 from tunesmith.quiet import quiet_third_party
-from tunesmith.runs import load_trained
+from tunesmith.runs import base_model_of, load_trained
 
 ROOT = Path(__file__).resolve().parent
 PRESET = ROOT / "support-lora.yaml"
@@ -42,8 +42,8 @@ def main() -> int:
     table.add_column("fine-tuned", max_width=45)
     for row in rows:
         prompt = row["messages"][:-1]
-        with trained.model.disable_adapter():
-            before = reply(trained.model, trained.tokenizer, prompt, max_new_tokens=64)
+        with base_model_of(trained) as base:
+            before = reply(base, trained.tokenizer, prompt, max_new_tokens=64)
         after = reply(trained.model, trained.tokenizer, prompt, max_new_tokens=64)
         table.add_row(prompt[-1]["content"], before, after)
     console.print(table)
