@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# Tests run in two processes, a test file per process at a time (the machine has 2 cores);
+# `make test PARALLEL=` runs them in one.
+PARALLEL ?= -n 2 --dist loadfile
+
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -35,10 +39,10 @@ demo: install
 
 # Once `browser` has put Chromium on PATH, its report test must run: a missing browser fails.
 test: install browser
-	TUNESMITH_REQUIRE_BROWSER=$$(command -v chromium >/dev/null 2>&1 && echo 1 || echo 0) $(BIN)/pytest -q
+	TUNESMITH_REQUIRE_BROWSER=$$(command -v chromium >/dev/null 2>&1 && echo 1 || echo 0) $(BIN)/pytest -q $(PARALLEL)
 
 test-fast: install
-	$(BIN)/pytest -q -m "not e2e"
+	$(BIN)/pytest -q $(PARALLEL) -m "not e2e"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples

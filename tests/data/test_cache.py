@@ -62,6 +62,18 @@ def test_second_call_loads_from_cache_without_tokenizing(tiny_tokenizer, tmp_pat
     assert [type(e) for e in second.examples] == [type(e) for e in first.examples]
 
 
+def test_key_ignores_truncation_state_left_by_earlier_calls(tiny_tokenizer) -> None:
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    before = tokenization_fingerprint(
+        "sft", tokenizer, records(), max_length=256, on_overlength="drop"
+    )
+    tokenizer("some text", truncation=True, max_length=4, padding="max_length")
+    after = tokenization_fingerprint(
+        "sft", tokenizer, records(), max_length=256, on_overlength="drop"
+    )
+    assert before == after
+
+
 def test_drops_are_cached_with_their_reasons(tiny_tokenizer, tmp_path) -> None:
     objective = CountingSFT()
     first = run(objective, tiny_tokenizer, records(), tmp_path, max_length=40)

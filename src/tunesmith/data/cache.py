@@ -68,7 +68,13 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        digest.update(backend.to_str().encode())
+        # Truncation and padding are per-call state the last ``tokenizer(...)`` call left on
+        # the backend, not part of how text becomes ids: keeping them made the key of the
+        # same tokenizer change after any call with ``truncation=True``.
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        digest.update(json.dumps(state, sort_keys=True).encode())
     else:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(type(tokenizer).__name__.encode())
