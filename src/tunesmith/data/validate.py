@@ -182,8 +182,26 @@ def check_message(
             f'Write the message as {{"{role_key}": ..., "{content_key}": ...}}.',
         )
         return None
+    if not _check_message_keys(check, message, field, keys, allowed):
+        return None
+    role = _message_role(check, message[role_key], f"{field}.{role_key}", role_names)
+    weight = _message_weight(check, message, field, role)
+    content = _message_content(check, message[content_key], f"{field}.{content_key}", role, weight)
+    if role is None or content is None:
+        return None
+    return role, content, weight
+
+
+def _check_message_keys(
+    check: RowChecker,
+    message: dict[str, Any],
+    field: str,
+    keys: tuple[str, str],
+    allowed: tuple[str, ...],
+) -> bool:
+    """Report missing and unknown keys; True when both the role and the content are there."""
     usable = True
-    for key in (role_key, content_key):
+    for key in keys:
         if key not in message:
             check.error(
                 "message_missing_key",
@@ -200,20 +218,29 @@ def check_message(
                 f"Message has the unrecognized key '{key}'.",
                 f"Remove '{key}'; allowed keys are {', '.join(allowed)}.",
             )
-    if not usable:
-        return None
+    return usable
 
-    raw_role = message[role_key]
+
+def _message_role(
+    check: RowChecker, raw_role: object, field: str, role_names: dict[str, str] | None
+) -> str | None:
+    """Our name for the file's role, or None (reported) when it is not one we know."""
     names = role_names or {r: r for r in ROLES}
     role = names.get(raw_role) if isinstance(raw_role, str) else None
     if role is None:
         check.error(
             "unrecognized_role",
-            f"{field}.{role_key}",
+            field,
             f"Unrecognized role {raw_role!r}.",
             f"Use one of: {', '.join(names)}.",
         )
+    return role
 
+
+def _message_weight(
+    check: RowChecker, message: dict[str, Any], field: str, role: str | None
+) -> int:
+    """The message's training weight: 0 or 1, and only on assistant messages."""
     weight = message.get("weight", 1)
     if "weight" in message and (
         isinstance(weight, bool) or not isinstance(weight, int) or weight not in (0, 1)
@@ -224,20 +251,26 @@ def check_message(
             f"'weight' must be 0 or 1, got {weight!r}.",
             "Use weight 0 (context only) or 1 (train on this message).",
         )
-        weight = 1
-    elif "weight" in message and role not in (None, "assistant"):
+        return 1
+    if "weight" in message and role not in (None, "assistant"):
         check.error(
             "invalid_weight",
             f"{field}.weight",
             f"'weight' is only meaningful on assistant messages, found on a {role} message.",
             "Remove 'weight' from non-assistant messages.",
         )
+    return weight
 
-    content = message[content_key]
+
+def _message_content(
+    check: RowChecker, content: object, field: str, role: str | None, weight: int
+) -> str | None:
+    """The content string, or None when it is null or not a string; an empty one is reported
+    unless it is an assistant turn kept as context only (weight 0)."""
     if content is None:
         check.error(
             "missing_content",
-            f"{field}.{content_key}",
+            field,
             "Message content is null.",
             "Give the message a non-empty string as content.",
         )
@@ -245,31 +278,28 @@ def check_message(
     if not isinstance(content, str):
         check.error(
             "data_type",
-            f"{field}.{content_key}",
+            field,
             f"Message content must be a string, got {type_name(content)}.",
             "Write the content as a single string.",
         )
         return None
-    if not content.strip():
-        if role == "assistant" and weight == 0:
-            pass
-        elif role == "assistant":
-            check.error(
-                "empty_assistant_content",
-                f"{field}.{content_key}",
-                "Assistant message is empty or whitespace, so there is nothing to learn.",
-                "Write the reply, remove the row, or set weight 0 to keep it as context only.",
-            )
-        else:
-            check.error(
-                "missing_content",
-                f"{field}.{content_key}",
-                f"The {role or 'message'} message is empty.",
-                "Give the message a non-empty string as content.",
-            )
-    if role is None:
-        return None
-    return role, content, weight
+    if content.strip() or (role == "assistant" and weight == 0):
+        return content
+    if role == "assistant":
+        check.error(
+            "empty_assistant_content",
+            field,
+            "Assistant message is empty or whitespace, so there is nothing to learn.",
+            "Write the reply, remove the row, or set weight 0 to keep it as context only.",
+        )
+    else:
+        check.error(
+            "missing_content",
+            field,
+            f"The {role or 'message'} message is empty.",
+            "Give the message a non-empty string as content.",
+        )
+    return content
 
 
 def check_role_order(check: RowChecker, roles: Sequence[str], field: str = "messages") -> None:

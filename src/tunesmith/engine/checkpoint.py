@@ -169,7 +169,13 @@ def save_checkpoint(
     scheduler_state = None if scheduler is None else scheduler.state_dict()
     if scheduler_state is not None:
         _require_weights_only_loadable(scheduler_state, SCHEDULER_FILE)
-    train_state_json = _train_state_json(train_state, step, metric)
+    payloads = _payloads(
+        trainable_state,
+        optimizer_state,
+        scheduler_state,
+        rng,
+        _train_state_json(train_state, step, metric),
+    )
 
     checkpoints_dir = _checkpoints_dir(run_dir)
     if not checkpoints_dir.is_dir():
@@ -183,9 +189,23 @@ def save_checkpoint(
     bytes_free = shutil.disk_usage(checkpoints_dir).free
     if bytes_free < bytes_needed:
         raise DiskFullError(final_dir, bytes_needed, bytes_free)
+    _write_and_publish(payloads, step, final_dir, bytes_needed)
+    return final_dir
 
-    staging_dir = checkpoints_dir / f".step-{step}.tmp-{uuid.uuid4().hex}"
-    payloads: list[tuple[str, Callable[[], bytes]]] = [
+
+Payload = tuple[str, Callable[[], bytes]]
+"""A checkpoint file's name and how to serialize it, called only while writing."""
+
+
+def _payloads(
+    trainable_state: Mapping[str, torch.Tensor],
+    optimizer_state: Mapping[str, Any],
+    scheduler_state: Mapping[str, Any] | None,
+    rng: bool | Sequence[Mapping[str, Any]],
+    train_state_json: bytes,
+) -> list[Payload]:
+    """Every file of a checkpoint but its manifest, in the order they are written."""
+    payloads: list[Payload] = [
         (TRAINABLE_FILE, lambda: _safetensors_bytes(trainable_state)),
         (OPTIMIZER_FILE, lambda: _torch_bytes(optimizer_state)),
     ]
@@ -195,7 +215,15 @@ def save_checkpoint(
     for rank, rng_state in enumerate(rng_states):
         payloads.append((_rng_file(rank), lambda state=rng_state: _torch_bytes(state)))
     payloads.append((TRAIN_STATE_FILE, lambda: train_state_json))
+    return payloads
 
+
+def _write_and_publish(
+    payloads: Sequence[Payload], step: int, final_dir: Path, bytes_needed: int
+) -> None:
+    """Write the files and their manifest into a staging folder beside ``final_dir``, then
+    rename it into place; on any failure remove the staging folder and say why."""
+    staging_dir = final_dir.parent / f".step-{step}.tmp-{uuid.uuid4().hex}"
     try:
         staging_dir.mkdir()
         manifest_files: dict[str, dict[str, Any]] = {}
@@ -215,7 +243,7 @@ def save_checkpoint(
         shutil.rmtree(staging_dir, ignore_errors=True)
         if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
             raise DiskFullError(
-                final_dir, bytes_needed, shutil.disk_usage(checkpoints_dir).free
+                final_dir, bytes_needed, shutil.disk_usage(final_dir.parent).free
             ) from error
         if isinstance(error, OSError):
             raise CheckpointError(
@@ -223,7 +251,6 @@ def save_checkpoint(
                 "kept. Fix: check that the run directory is writable and the disk is healthy."
             ) from error
         raise
-    return final_dir
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

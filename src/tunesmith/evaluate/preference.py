@@ -30,7 +30,6 @@ learn to rank pairs and still write worse replies.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -43,7 +42,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunesmith.data.preference import PreferenceExample, tokenize_preferences
-from tunesmith.data.records import Preference, Source
+from tunesmith.data.records import Message, Preference, Source
 from tunesmith.evaluate.bootstrap import DEFAULT_RESAMPLES
 from tunesmith.evaluate.compare import FINE_TUNED, compare_scores
 from tunesmith.evaluate.generate import EvaluationDataError, generate_replies
@@ -54,9 +53,10 @@ from tunesmith.evaluate.metrics import (
     UnknownMetricError,
     scores_from_per_item,
 )
-from tunesmith.evaluate.perplexity import DEFAULT_FORGETTING_THRESHOLD, check_forgetting
+from tunesmith.evaluate.perplexity import DEFAULT_FORGETTING_THRESHOLD
 from tunesmith.evaluate.report import SampleRow, write_report
-from tunesmith.evaluate.run import PREFERENCE, RESULTS_NAME, EvalResult
+from tunesmith.evaluate.run import PREFERENCE, EvalResult
+from tunesmith.evaluate.systems import Systems, write_results
 from tunesmith.objectives.losses import sequence_logprob_sums, trained_tokens_per_row
 from tunesmith.objectives.preference import PairBatch, collate_pairs
 from tunesmith.objectives.registry import PairScore
@@ -266,6 +266,45 @@ def _held_out_pairs(
     return examples, records, outcome.dropped
 
 
+@dataclass(frozen=True)
+class _PairScorer:
+    """Scores every held-out pair with one model the way the objective's ``score`` needs:
+    reward-head scores, or reply log-probabilities."""
+
+    examples: Sequence[PreferenceExample]
+    score: PairScore
+    reward_head: nn.Linear | None
+    pad_token_id: int
+    batch_size: int
+
+    def __call__(
+        self, model: nn.Module, scope: AbstractContextManager[object] | None = None
+    ) -> PairLogprobs | PairScores:
+        options = {"pad_token_id": self.pad_token_id, "batch_size": self.batch_size}
+        with scope if scope is not None else contextlib.nullcontext():
+            if self.score == "reward_head":
+                assert self.reward_head is not None
+                return pair_rewards(model, self.reward_head, self.examples, **options)
+            return pair_logprobs(model, self.examples, **options)
+
+
+def _generations(
+    systems: Systems,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[Message]],
+    max_new_tokens: int,
+    batch_size: int,
+) -> dict[str, list[str]]:
+    """Greedy replies of base and fine-tuned to the sampled prompts, for the report."""
+    decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    with systems.base_scope():
+        base_replies = generate_replies(systems.base, tokenizer, prompts, **decoding)
+    return {
+        BASE: base_replies,
+        FINE_TUNED: generate_replies(systems.fine_tuned, tokenizer, prompts, **decoding),
+    }
+
+
 def evaluate_preference_models(
     fine_tuned_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -300,8 +339,7 @@ def evaluate_preference_models(
     The result's ``outputs`` are the generations by system for ``n_generations`` test
     prompts sampled with ``seed``.
     """
-    if (base_disabled_context is None) == (base_model is None):
-        raise ValueError("pass exactly one of base_disabled_context or base_model")
+    systems = Systems(fine_tuned_model, base_disabled_context, base_model)
     if score == "reward_head" and reward_head is None:
         raise ValueError("score reward_head needs the run's reward_head")
     _check_metrics(metrics)
@@ -309,27 +347,16 @@ def evaluate_preference_models(
         tokenizer, test_records, max_length, on_overlength, max_items
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    options = {"pad_token_id": pad_id, "batch_size": batch_size}
-    base = base_model if base_model is not None else fine_tuned_model
-
-    def base_scope() -> AbstractContextManager[object]:
-        return base_disabled_context() if base_disabled_context else contextlib.nullcontext()
-
-    def measure(model: nn.Module, scope: Callable[[], AbstractContextManager[object]]):
-        with scope():
-            if score == "reward_head":
-                return pair_rewards(model, reward_head, examples, **options)
-            return pair_logprobs(model, examples, **options)
-
-    systems = score_pairs(
+    scorer = _PairScorer(examples, score, reward_head, pad_id, batch_size)
+    pair_scores = score_pairs(
         score,
-        lambda: measure(fine_tuned_model, contextlib.nullcontext),
-        lambda: measure(base, base_scope),
+        lambda: scorer(fine_tuned_model),
+        lambda: scorer(systems.base, systems.base_scope()),
         beta=beta,
     )
-    per_system = {system: preference_metric_scores(pairs) for system, pairs in systems.items()}
+    per_system = {system: preference_metric_scores(pairs) for system, pairs in pair_scores.items()}
     wanted = list(metrics) if metrics else list(PREFERENCE_METRICS)
-    scores = {name: {system: per_system[system][name] for system in systems} for name in wanted}
+    scores = {name: {system: per_system[system][name] for system in pair_scores} for name in wanted}
     comparison = compare_scores(
         scores,
         candidate=FINE_TUNED,
@@ -339,63 +366,47 @@ def evaluate_preference_models(
         advice="the preference training did not clearly help on held-out pairs",
         baseline_kind="",
     )
-
     indices = sorted(
         random.Random(seed).sample(range(len(records)), min(n_generations, len(records)))
     )
-    prompts = [records[index].prompt for index in indices]
-    decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    with base_scope():
-        base_replies = generate_replies(base, tokenizer, prompts, **decoding)
-    generations = {
-        BASE: base_replies,
-        FINE_TUNED: generate_replies(fine_tuned_model, tokenizer, prompts, **decoding),
-    }
-
-    forgetting = None
-    if measure_forgetting:
-        forgetting = check_forgetting(
-            fine_tuned_model,
-            tokenizer,
-            base_disabled_context=base_disabled_context,
-            base_model=base_model,
-            text_path=forgetting_text,
-            threshold=forgetting_threshold,
-            batch_size=max(1, batch_size // 2),
-        )
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "kind": "preference",
-        "comparison": comparison.to_dict(),
-        "forgetting": forgetting.to_dict() if forgetting else None,
-        "settings": {
-            "objective": objective,
-            "score": PREFERENCE_SCORES[score],
-            "beta": beta,
-            "pairs": len(records),
-            "pairs_dropped": [[reason, str(source)] for reason, source in dropped],
-            "ties": "count half",
-            "generations": "greedy",
-            "max_new_tokens": max_new_tokens,
-            "seed": seed,
+    generations = _generations(
+        systems, tokenizer, [records[i].prompt for i in indices], max_new_tokens, batch_size
+    )
+    forgetting = systems.forgetting(
+        tokenizer,
+        enabled=measure_forgetting,
+        text_path=forgetting_text,
+        threshold=forgetting_threshold,
+        batch_size=max(1, batch_size // 2),
+    )
+    results_path = write_results(
+        out_dir,
+        {
+            "kind": PREFERENCE,
+            "comparison": comparison.to_dict(),
+            "forgetting": forgetting.to_dict() if forgetting else None,
+            "settings": {
+                "objective": objective,
+                "score": PREFERENCE_SCORES[score],
+                "beta": beta,
+                "pairs": len(records),
+                "pairs_dropped": [[reason, str(source)] for reason, source in dropped],
+                "ties": "count half",
+                "generations": "greedy",
+                "max_new_tokens": max_new_tokens,
+                "seed": seed,
+            },
+            "pairs": {
+                system: {"chosen": pairs.chosen.tolist(), "rejected": pairs.rejected.tolist()}
+                for system, pairs in pair_scores.items()
+            },
+            "generations": {"sources": [str(records[i].source) for i in indices], **generations},
         },
-        "pairs": {
-            system: {"chosen": pairs.chosen.tolist(), "rejected": pairs.rejected.tolist()}
-            for system, pairs in systems.items()
-        },
-        "generations": {
-            "sources": [str(records[index].source) for index in indices],
-            **generations,
-        },
-    }
-    results_path = out / RESULTS_NAME
-    results_path.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
-    accuracy = {system: per_system[system]["preference_accuracy"].per_item for system in systems}
+    )
+    accuracy = {system: per_system[system]["preference_accuracy"].per_item for system in per_system}
     samples = _sample_rows(records, indices, generations, accuracy)
     report_path = write_report(
-        out,
+        Path(out_dir),
         comparison,
         metrics_jsonl_path,
         forgetting,

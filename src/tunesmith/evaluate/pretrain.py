@@ -10,8 +10,6 @@ corpus by forgetting everything else.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -26,11 +24,11 @@ from tunesmith.evaluate.metrics import PERPLEXITY_METRICS, TEXT_METRIC_SETTING, 
 from tunesmith.evaluate.perplexity import (
     DEFAULT_FORGETTING_THRESHOLD,
     DEFAULT_WINDOW,
-    check_forgetting,
     heldout_perplexity,
 )
 from tunesmith.evaluate.report import write_report
-from tunesmith.evaluate.run import PERPLEXITY, RESULTS_NAME, EvalResult
+from tunesmith.evaluate.run import PERPLEXITY, EvalResult
+from tunesmith.evaluate.systems import Systems, write_results
 
 BASE = "base"
 
@@ -38,6 +36,16 @@ BASE = "base"
 def _n_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     """Texts of under two tokens have nothing to predict and are skipped."""
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _check_metrics(metrics: Sequence[str] | None) -> None:
+    for name in metrics or []:
+        if name not in PERPLEXITY_METRICS:
+            raise UnknownMetricError(
+                f"metric {name!r} scores generated replies; a pretrain run is scored by the "
+                f"perplexity of held-out text. Remove it from {TEXT_METRIC_SETTING}, or leave "
+                "that unset."
+            )
 
 
 def evaluate_text_models(
@@ -64,15 +72,8 @@ def evaluate_text_models(
     ``base_model`` (exactly one). ``window`` is the tokens per forward pass (use the
     run's data.max_length, the block size it trained on).
     """
-    if (base_disabled_context is None) == (base_model is None):
-        raise ValueError("pass exactly one of base_disabled_context or base_model")
-    for name in metrics or []:
-        if name not in PERPLEXITY_METRICS:
-            raise UnknownMetricError(
-                f"metric {name!r} scores generated replies; a pretrain run is scored by the "
-                f"perplexity of held-out text. Remove it from {TEXT_METRIC_SETTING}, or leave "
-                "that unset."
-            )
+    systems = Systems(fine_tuned_model, base_disabled_context, base_model)
+    _check_metrics(metrics)
     scored = [record for record in test_records if _n_tokens(tokenizer, record.text) >= 2]
     texts = [record.text for record in scored]
     if not texts:
@@ -82,11 +83,8 @@ def evaluate_text_models(
         )
     options = {"window": window, "batch_size": batch_size}
     tuned = heldout_perplexity(fine_tuned_model, tokenizer, texts, **options)
-    if base_model is not None:
-        base = heldout_perplexity(base_model, tokenizer, texts, **options)
-    else:
-        with base_disabled_context() if base_disabled_context else contextlib.nullcontext():
-            base = heldout_perplexity(fine_tuned_model, tokenizer, texts, **options)
+    with systems.base_scope():
+        base = heldout_perplexity(systems.base, tokenizer, texts, **options)
     comparison = compare_scores(
         {"perplexity": {BASE: base, FINE_TUNED: tuned}},
         candidate=FINE_TUNED,
@@ -96,39 +94,35 @@ def evaluate_text_models(
         advice="the run did not clearly fit the held-out text better than the base",
         baseline_kind="",
     )
-    forgetting = None
-    if measure_forgetting:
-        forgetting = check_forgetting(
-            fine_tuned_model,
-            tokenizer,
-            base_disabled_context=base_disabled_context,
-            base_model=base_model,
-            text_path=forgetting_text,
-            threshold=forgetting_threshold,
-            batch_size=batch_size,
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "kind": PERPLEXITY,
-        "comparison": comparison.to_dict(),
-        "forgetting": forgetting.to_dict() if forgetting else None,
-        "settings": {
-            "texts": len(texts),
-            "tokens": int(tuned.stats[:, 1].sum()),
-            "window": window,
-            "sources": [str(record.source) for record in scored],
+    forgetting = systems.forgetting(
+        tokenizer,
+        enabled=measure_forgetting,
+        text_path=forgetting_text,
+        threshold=forgetting_threshold,
+        batch_size=batch_size,
+    )
+    tokens = int(tuned.stats[:, 1].sum())
+    results_path = write_results(
+        out_dir,
+        {
+            "kind": PERPLEXITY,
+            "comparison": comparison.to_dict(),
+            "forgetting": forgetting.to_dict() if forgetting else None,
+            "settings": {
+                "texts": len(texts),
+                "tokens": tokens,
+                "window": window,
+                "sources": [str(record.source) for record in scored],
+            },
         },
-    }
-    results_path = out / RESULTS_NAME
-    results_path.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    )
     report_path = write_report(
-        out,
+        Path(out_dir),
         comparison,
         metrics_jsonl_path,
         forgetting,
         [],
-        task=f"held-out texts ({int(tuned.stats[:, 1].sum())} tokens, window {window})",
+        task=f"held-out texts ({tokens} tokens, window {window})",
         samples_title="Samples (none: a pretrain run is judged by held-out perplexity)",
     )
     return EvalResult(comparison, forgetting, {}, results_path, report_path, PERPLEXITY)

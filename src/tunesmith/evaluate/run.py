@@ -6,8 +6,6 @@ Python API call `evaluate_models` and nothing below it.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -38,16 +36,10 @@ from tunesmith.evaluate.metrics import (
     check_reply_metric_names,
     label_metric_needs_labels_message,
 )
-from tunesmith.evaluate.perplexity import (
-    DEFAULT_FORGETTING_THRESHOLD,
-    ForgettingCheck,
-    check_forgetting,
-)
+from tunesmith.evaluate.perplexity import DEFAULT_FORGETTING_THRESHOLD, ForgettingCheck
 from tunesmith.evaluate.report import pick_samples, write_report
+from tunesmith.evaluate.systems import Systems, write_results
 from tunesmith.evaluate.task import as_classification
-
-RESULTS_NAME = "results.json"
-
 
 CLASSIFICATION = "classification"
 GENERATION = "generation"
@@ -132,9 +124,71 @@ def evaluate_models(
     ``forgetting_text`` overrides the bundled general text for the forgetting check.
     Writes ``results.json`` and ``report.html`` (plus PNGs) into ``out_dir``.
     """
-    if (base_disabled_context is None) == (base_model is None):
-        raise ValueError("pass exactly one of base_disabled_context or base_model")
+    systems = Systems(fine_tuned_model, base_disabled_context, base_model)
     check_reply_metric_names(metrics)
+    task = _conversation_task(test_items, train_items, metrics, constrain_to_labels, k_shot, seed)
+    decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    with systems.base_scope():
+        zero_shot = _answer(systems.base, tokenizer, task.prompts, task.labels, **decoding)
+        few_shot = _answer(systems.base, tokenizer, task.few_shot_prompts, task.labels, **decoding)
+    fine_tuned = _answer(fine_tuned_model, tokenizer, task.prompts, task.labels, **decoding)
+    outputs = {BASE_ZERO_SHOT: zero_shot, BASE_FEW_SHOT: few_shot, FINE_TUNED: fine_tuned}
+
+    comparison = compare_systems(
+        task.test_items, outputs, metrics, labels=task.labels, n_resamples=n_resamples, seed=seed
+    )
+    forgetting = systems.forgetting(
+        tokenizer,
+        enabled=measure_forgetting,
+        text_path=forgetting_text,
+        threshold=forgetting_threshold,
+        batch_size=max(1, batch_size // 2),
+    )
+    kind = CLASSIFICATION if task.labels else GENERATION
+    results_path = write_results(
+        out_dir,
+        {
+            "kind": kind,
+            "comparison": comparison.to_dict(),
+            "forgetting": forgetting.to_dict() if forgetting else None,
+            "settings": {
+                "decoding": "greedy",
+                "max_new_tokens": max_new_tokens,
+                "label_constrained": task.labels,
+                "k_shot": len(task.examples),
+                "few_shot_examples": [str(example.source) for example in task.examples],
+                "seed": seed,
+            },
+            "outputs": outputs,
+        },
+    )
+    samples = pick_samples(task.test_items, outputs, comparison, n=n_samples)
+    report_path = write_report(Path(out_dir), comparison, metrics_jsonl_path, forgetting, samples)
+    return EvalResult(comparison, forgetting, outputs, results_path, report_path, kind)
+
+
+@dataclass(frozen=True)
+class _ConversationTask:
+    """The held-out conversations as the three systems see them; ``labels`` are the known
+    labels every system ranks, or None to score free generations."""
+
+    test_items: Sequence[Conversation]
+    prompts: list[tuple[Message, ...]]
+    few_shot_prompts: list[tuple[Message, ...]]
+    examples: list[Conversation]
+    labels: list[str] | None
+
+
+def _conversation_task(
+    test_items: Sequence[Conversation],
+    train_items: Sequence[Conversation],
+    metrics: Sequence[str] | None,
+    constrain_to_labels: bool | None,
+    k_shot: int,
+    seed: int,
+) -> _ConversationTask:
+    """Prompts, few-shot prompts and the label set, or a clear error when the data cannot
+    be scored as asked."""
     if not test_items:
         raise EvaluationDataError(
             "no test items: evaluation needs a held-out test split. Set data.test to a file "
@@ -146,9 +200,6 @@ def evaluate_models(
     label_metrics = [name for name in metrics or [] if _needs_labels(name)]
     if label_metrics and not all_labelled:
         raise UnknownMetricError(label_metric_needs_labels_message(label_metrics[0]))
-    prompts = [split_prompt_and_reference(item)[0] for item in test_items]
-    examples = choose_few_shot_examples(train_items, k=k_shot, seed=seed)
-    few_shot_prompts = [few_shot_prompt(prompt, examples) for prompt in prompts]
     use_labels = all_labelled if constrain_to_labels is None else constrain_to_labels
     if use_labels and not all_labelled:
         raise EvaluationDataError(
@@ -160,55 +211,10 @@ def evaluate_models(
         if use_labels
         else None
     )
-    decoding = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
-
-    base = base_model if base_model is not None else fine_tuned_model
-    base_scope = (
-        base_disabled_context() if base_disabled_context is not None else contextlib.nullcontext()
-    )
-    with base_scope:
-        zero_shot = _answer(base, tokenizer, prompts, labels, **decoding)
-        few_shot = _answer(base, tokenizer, few_shot_prompts, labels, **decoding)
-    fine_tuned = _answer(fine_tuned_model, tokenizer, prompts, labels, **decoding)
-    outputs = {BASE_ZERO_SHOT: zero_shot, BASE_FEW_SHOT: few_shot, FINE_TUNED: fine_tuned}
-
-    comparison = compare_systems(
-        test_items, outputs, metrics, labels=labels, n_resamples=n_resamples, seed=seed
-    )
-    forgetting = None
-    if measure_forgetting:
-        forgetting = check_forgetting(
-            fine_tuned_model,
-            tokenizer,
-            base_disabled_context=base_disabled_context,
-            base_model=base_model,
-            text_path=forgetting_text,
-            threshold=forgetting_threshold,
-            batch_size=max(1, batch_size // 2),
-        )
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "kind": CLASSIFICATION if labels else GENERATION,
-        "comparison": comparison.to_dict(),
-        "forgetting": forgetting.to_dict() if forgetting else None,
-        "settings": {
-            "decoding": "greedy",
-            "max_new_tokens": max_new_tokens,
-            "label_constrained": labels,
-            "k_shot": len(examples),
-            "few_shot_examples": [str(example.source) for example in examples],
-            "seed": seed,
-        },
-        "outputs": outputs,
-    }
-    results_path = out / RESULTS_NAME
-    results_path.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
-    samples = pick_samples(test_items, outputs, comparison, n=n_samples)
-    report_path = write_report(out, comparison, metrics_jsonl_path, forgetting, samples)
-    kind = CLASSIFICATION if labels else GENERATION
-    return EvalResult(comparison, forgetting, outputs, results_path, report_path, kind)
+    prompts = [split_prompt_and_reference(item)[0] for item in test_items]
+    examples = choose_few_shot_examples(train_items, k=k_shot, seed=seed)
+    few_shot_prompts = [few_shot_prompt(prompt, examples) for prompt in prompts]
+    return _ConversationTask(test_items, prompts, few_shot_prompts, examples, labels)
 
 
 def _needs_labels(name: str) -> bool:

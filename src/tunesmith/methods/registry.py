@@ -7,34 +7,24 @@ without editing any list; the run config builds its `method:` union from what re
 from __future__ import annotations
 
 from tunesmith.methods.base import Method, MethodError, MethodSettings
+from tunesmith.registry import Registry
 
 DEFAULT_METHOD = "lora"
 
-_METHODS: dict[str, Method] = {}
+_METHODS: Registry[Method] = Registry("method", MethodError)
 
 
 def register(method: Method) -> Method:
     """Make `method` available to configs and every entry point under `method.name`."""
-    declared = method.settings.model_fields["name"].default
-    if declared != method.name:
-        raise TypeError(f"{type(method).__name__}.settings names {declared!r}, not {method.name!r}")
-    if method.name in _METHODS:
-        raise TypeError(f"method {method.name!r} is registered twice")
-    _METHODS[method.name] = method
-    return method
+    return _METHODS.add(method.name, method, method.settings)
 
 
 def registered_methods() -> dict[str, Method]:
-    return dict(_METHODS)
+    return _METHODS.all()
 
 
 def get_method(name: str) -> Method:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise MethodError(
-            f"method {name!r} is not registered; available: {', '.join(sorted(_METHODS))}."
-        ) from None
+    return _METHODS.get(name)
 
 
 def method_settings(name: str = DEFAULT_METHOD, **values: object) -> MethodSettings:

@@ -17,6 +17,7 @@ from torch import nn
 
 from tunesmith.objectives.base import Objective
 from tunesmith.objectives.errors import ObjectiveError
+from tunesmith.registry import Registry
 
 DEFAULT_OBJECTIVE = "sft"
 
@@ -66,30 +67,20 @@ class Registration:
     """For ``verdict="preference"``: how a held-out reply is scored."""
 
 
-_OBJECTIVES: dict[str, Registration] = {}
+_OBJECTIVES: Registry[Registration] = Registry("objective", ObjectiveError)
 
 
-def register(registration: Registration) -> Registration:
-    declared = registration.settings.model_fields["name"].default
-    if declared != registration.name:
-        raise TypeError(f"{registration.settings.__name__} names {declared!r}")
-    if registration.name in _OBJECTIVES:
-        raise TypeError(f"objective {registration.name!r} is registered twice")
-    _OBJECTIVES[registration.name] = registration
-    return registration
+def register(entry: Registration) -> Registration:
+    """Make the objective available to configs and every entry point under its name."""
+    return _OBJECTIVES.add(entry.name, entry, entry.settings)
 
 
 def registered_objectives() -> dict[str, Registration]:
-    return dict(_OBJECTIVES)
+    return _OBJECTIVES.all()
 
 
 def registration(name: str) -> Registration:
-    try:
-        return _OBJECTIVES[name]
-    except KeyError:
-        raise ObjectiveError(
-            f"objective {name!r} is not available; available: {', '.join(sorted(_OBJECTIVES))}."
-        ) from None
+    return _OBJECTIVES.get(name)
 
 
 def objective_settings(name: str = DEFAULT_OBJECTIVE, **values: object) -> ObjectiveSettings:
