@@ -130,6 +130,8 @@ class Worker:
 
     def _finish(self, job_id: str, code: int, watcher: RunWatcher) -> None:
         job = self.store.job(job_id)
+        if code == -signal.SIGTERM:  # the signal came before or after the training loop
+            code = STOPPED_BY_SIGNAL_EXIT_CODE
         now = int(time.time())
         if code == 0:
             body = json.loads(job["body"])
