@@ -16,7 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,11 +63,29 @@ class Worker:
 
     def run_job(self, job_id: str) -> None:
         try:
-            total_steps = self._validate(job_id)
+            with self._heartbeat(job_id):
+                total_steps = self._validate(job_id)
             if total_steps is not None:
                 self._train(job_id, total_steps)
         finally:
             self.store.set_job(job_id, lease_owner=None, control=None)
+
+    @contextlib.contextmanager
+    def _heartbeat(self, job_id: str) -> Iterator[None]:
+        """Keep the lease while the data gate reads a large file."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(POLL_SECONDS):
+                self.store.renew(job_id, self.owner)
+
+        thread = threading.Thread(target=renew, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _validate(self, job_id: str) -> int | None:
         """The data gate; returns the planned steps, or None when the job failed."""
