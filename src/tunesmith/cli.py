@@ -354,8 +354,9 @@ def _write_stdout(text: str) -> None:
 @friendly_errors
 def serve(
     run_dirs: Annotated[
-        list[str], typer.Argument(help="Run directories to serve (NAME=RUN_DIR renames one).")
-    ],
+        list[str] | None,
+        typer.Argument(help="Run directories to serve (NAME=RUN_DIR renames one)."),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; beyond loopback needs a key.")] = (
         "127.0.0.1"
     ),
@@ -372,17 +373,39 @@ def serve(
     ] = None,
     requests_per_minute: Annotated[int, typer.Option(help="Rate limit per API key.")] = 600,
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 2048,
+    jobs: Annotated[
+        bool, typer.Option(help="Also serve /v1/files and /v1/fine_tuning/jobs, with a worker.")
+    ] = False,
+    workspace: Annotated[
+        Path, typer.Option(help="Where --jobs keeps its store, uploads and runs.")
+    ] = Path("tunesmith-jobs"),
 ) -> None:
     """Serve the runs and their base models over an OpenAI-compatible HTTP API."""
     from tunesmith import api
     from tunesmith.serve import Limits
 
     limits = Limits(requests_per_minute=requests_per_minute, max_tokens=max_tokens)
+    if jobs:
+        limits = Limits(requests_per_minute=requests_per_minute, max_tokens=max_tokens,
+                        max_body_bytes=100_000_000)  # fmt: skip
     api.serve(
-        run_dirs, host=host, port=port, api_key_file=api_key_file,
+        run_dirs or [], host=host, port=port, api_key_file=api_key_file,
         insecure_no_auth=insecure_no_auth, max_batch=max_batch, log_requests=log_requests,
-        limits=limits,
+        limits=limits, jobs_workspace=workspace if jobs else None,
     )  # fmt: skip
+
+
+@app.command()
+@friendly_errors
+def worker(
+    workspace: Annotated[
+        Path, typer.Option(help="The workspace of `tunesmith serve --jobs`.")
+    ] = Path("tunesmith-jobs"),
+) -> None:
+    """Train the fine-tuning jobs of a workspace, one at a time, each in a child process."""
+    from tunesmith.jobs.worker import main as worker_main
+
+    worker_main(["--workspace", str(workspace)])
 
 
 def _mount_subcommands() -> None:

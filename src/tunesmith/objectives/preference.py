@@ -272,5 +272,6 @@ for _settings, _score in (
             verdict="preference",
             shardable=True,
             pair_score=_score,
+            openai_method="dpo" if _settings is DpoSettings else None,
         )
     )

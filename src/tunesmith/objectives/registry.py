@@ -65,6 +65,9 @@ class Registration:
     """FSDP2 can run it: its loss is a fixed sequence of forward passes (no sampling)."""
     pair_score: PairScore | None = None
     """For ``verdict="preference"``: how a held-out reply is scored."""
+    openai_method: str | None = None
+    """The ``method.type`` of OpenAI's fine-tuning API that this objective implements
+    (``tunesmith serve --jobs`` maps a job onto it)."""
 
 
 _OBJECTIVES: Registry[Registration] = Registry("objective", ObjectiveError)
@@ -77,6 +80,14 @@ def register(entry: Registration) -> Registration:
 
 def registered_objectives() -> dict[str, Registration]:
     return _OBJECTIVES.all()
+
+
+def objective_for_openai_method(method_type: str) -> Registration | None:
+    """The objective behind OpenAI's ``method.type`` (supervised, dpo), or None."""
+    for entry in _OBJECTIVES.values():
+        if entry.openai_method == method_type:
+            return entry
+    return None
 
 
 def registration(name: str) -> Registration:

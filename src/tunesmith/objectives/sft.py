@@ -74,4 +74,8 @@ def _build(settings: ObjectiveSettings, models: ModelSource | None) -> SFT:
     return SFT()
 
 
-register(Registration("sft", SftSettings, _build, verdict="task", shardable=True))
+register(
+    Registration(
+        "sft", SftSettings, _build, verdict="task", shardable=True, openai_method="supervised"
+    )
+)

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,6 +55,8 @@ class ServerState:
     keys: KeyChecker = field(default_factory=lambda: KeyChecker([]))
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     request_log: RequestLog | None = None
+    jobs: Any = None
+    """A `tunesmith.jobs.routes.JobsState` when serving with ``--jobs``."""
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -62,6 +65,10 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.serve = state
     _install_error_handlers(app)
     _add_routes(app, state)
+    if state.jobs is not None:
+        from tunesmith.jobs.routes import mount_jobs
+
+        mount_jobs(app, state, state.jobs)
     limiter = RateLimiter(state.limits.requests_per_minute)
     app.add_middleware(
         Guard, keys=state.keys, limiter=limiter, max_body_bytes=state.limits.max_body_bytes

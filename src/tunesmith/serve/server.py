@@ -77,19 +77,29 @@ def serve(
     log_requests: Path | None = None,
     limits: Limits | None = None,
     device: str = "auto",
+    jobs_workspace: Path | None = None,
 ) -> None:
     """Serve the runs (and their bases) until interrupted. Refuses a non-loopback bind
-    without an API key before anything is loaded."""
+    without an API key before anything is loaded. ``jobs_workspace`` adds the files and
+    fine-tuning jobs routes over that workspace and starts a worker."""
     keys = load_api_keys(api_key_file)
     check_bind(host, keys, insecure_no_auth)
     state = build_state(
         run_dirs, keys=keys, max_batch=max_batch, log_requests=log_requests,
         limits=limits, device=device,
     )  # fmt: skip
+    worker = None
+    if jobs_workspace is not None:
+        from tunesmith.jobs.server import attach_jobs, start_worker
+
+        attach_jobs(state, jobs_workspace)
+        worker = start_worker(jobs_workspace)
     try:
         uvicorn.run(create_app(state), host=host, port=port, log_level="info")
     finally:
         state.decoder.stop()
+        if worker is not None:
+            worker.terminate()
 
 
 @dataclass
