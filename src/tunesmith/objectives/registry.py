@@ -84,7 +84,7 @@ def registered_objectives() -> dict[str, Registration]:
 
 def objective_for_openai_method(method_type: str) -> Registration | None:
     """The objective behind OpenAI's ``method.type`` (supervised, dpo), or None."""
-    for entry in _OBJECTIVES.values():
+    for entry in _OBJECTIVES.all().values():
         if entry.openai_method == method_type:
             return entry
     return None
