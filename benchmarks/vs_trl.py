@@ -1,17 +1,19 @@
 """tunesmith vs TRL SFTTrainer, side by side in one invocation.
 
-Both fine-tune SmolLM2-135M-Instruct with LoRA r=16 on every linear layer, fp32,
-on the same GSM8K examples (question -> user, answer -> assistant, loss on the
-answer only), batch 8, max length 512, the same number of optimizer steps, the
-same learning rate and schedule. TRL keeps its own defaults otherwise (no packing;
-it turns gradient checkpointing on). Each side runs in its own process so its
-peak RSS is its own. Printed: real (non-padding) tokens/s, peak RSS (taken when
-training ends), the last training losses each trainer logged, and the loss of both
-final adapters on the training examples and on held-out ones, scored by the same code:
-the like-for-like check, since the two trainers order and batch the data differently.
+Both fine-tune SmolLM2-135M-Instruct with LoRA r=16 on every linear layer, each at its
+own default precision for this machine (tunesmith `auto`, TRL's SFTConfig default: bf16
+where the CPU computes it natively) and each at fp32, on the same GSM8K examples
+(question -> user, answer -> assistant, loss on the answer only), batch 8, max length
+512, the same number of optimizer steps, the same learning rate and schedule. TRL keeps
+its own defaults otherwise (no packing; it turns gradient checkpointing on). Each run
+has its own process so its peak RSS is its own. Printed: the precision each run used,
+real (non-padding) tokens/s, peak RSS (taken when training ends), the last training
+losses each trainer logged, and the loss of every final adapter on the training examples
+and on held-out ones, scored by the same code in fp32: the like-for-like check, since the
+two trainers order and batch the data differently.
 
-    python benchmarks/vs_trl.py                 # 64 examples, 8 steps each
-    python benchmarks/vs_trl.py --examples 256  # the issue's full setting (~25 min)
+    python benchmarks/vs_trl.py                 # 64 examples, 8 steps, 4 runs (~10 min)
+    python benchmarks/vs_trl.py --examples 256  # the issue's full setting
 """
 
 from __future__ import annotations
@@ -49,7 +51,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_tunesmith(examples: int, workdir: Path, overrides: list[str]) -> dict[str, float]:
+SIDES = ["tunesmith:auto", "tunesmith:fp32", "trl:default", "trl:fp32"]
+
+
+def run_tunesmith(
+    examples: int, workdir: Path, overrides: list[str], precision: str
+) -> dict[str, float]:
     from tunesmith.api import train
     from tunesmith.config import load_config
 
@@ -88,6 +95,7 @@ def run_tunesmith(examples: int, workdir: Path, overrides: list[str]) -> dict[st
             "eval.enabled=false",
             f"output.dir={workdir}",
             "output.name=tunesmith",
+            f"train.precision={precision}",
             *overrides,
         ],
     )
@@ -99,9 +107,12 @@ def run_tunesmith(examples: int, workdir: Path, overrides: list[str]) -> dict[st
 
     from tunesmith.models import load_base_model
 
+    written = (workdir / "tunesmith" / "config.yaml").read_text(encoding="utf-8")
+    used = next(line.split(":")[1].strip() for line in written.splitlines() if "precision:" in line)
     loaded = load_base_model(MODEL)
     tuned = PeftModel.from_pretrained(loaded.model, summary.final_dir)
     return {
+        "precision": used,
         "real_tokens_per_s": summary.real_tokens_per_second,
         "seconds": summary.seconds,
         "peak_rss_mb": peak_rss,
@@ -110,7 +121,7 @@ def run_tunesmith(examples: int, workdir: Path, overrides: list[str]) -> dict[st
     }
 
 
-def run_trl(examples: int, workdir: Path, overrides: list[str]) -> dict[str, float]:
+def run_trl(examples: int, workdir: Path, overrides: list[str], precision: str) -> dict[str, float]:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -152,8 +163,7 @@ def run_trl(examples: int, workdir: Path, overrides: list[str]) -> dict[str, flo
         warmup_steps=0,
         max_length=SETTINGS["max_length"],
         packing=False,
-        bf16=False,
-        fp16=False,
+        **({"bf16": False, "fp16": False} if precision == "fp32" else {}),
         use_cpu=True,
         logging_steps=1,
         save_strategy="no",
@@ -191,6 +201,7 @@ def run_trl(examples: int, workdir: Path, overrides: list[str]) -> dict[str, flo
     seconds = timing["end"] - timing["start"]
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "real_tokens_per_s": real_tokens["count"] / seconds,
         "seconds": seconds,
         "peak_rss_mb": peak_rss,
@@ -245,9 +256,10 @@ def _loss_on(model, tokenizer, rows: list[dict[str, str]]) -> float:
 
 
 def child(side: str, examples: int, out: Path, overrides: list[str]) -> None:
+    trainer, precision = side.split(":")
     with tempfile.TemporaryDirectory() as scratch:
-        runner = run_tunesmith if side == "tunesmith" else run_trl
-        out.write_text(json.dumps(runner(examples, Path(scratch), overrides)))
+        runner = run_tunesmith if trainer == "tunesmith" else run_trl
+        out.write_text(json.dumps(runner(examples, Path(scratch), overrides, precision)))
 
 
 def main() -> None:
@@ -256,8 +268,8 @@ def main() -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="tunesmith setting a.b=v"
     )
-    parser.add_argument("--only", choices=["tunesmith", "trl"], help="run one side only")
-    parser.add_argument("--side", choices=["tunesmith", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=SIDES, help="run one side only")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.side:
@@ -266,7 +278,7 @@ def main() -> None:
 
     results: dict[str, dict[str, float]] = {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for side in [options.only] if options.only else ["tunesmith", "trl"]:
+    for side in [options.only] if options.only else SIDES:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
             out = Path(handle.name)
         print(f"running {side} on {options.examples} GSM8K examples …", flush=True)
@@ -281,14 +293,20 @@ def main() -> None:
     if options.only:
         return
 
-    ours, theirs = results["tunesmith"], results["trl"]
+    print_table(results, options.examples)
+
+
+def print_table(results: dict[str, dict[str, float]], examples: int) -> None:
+    """Every run side by side; ratios are tunesmith auto over TRL's default."""
+    ours, theirs = results["tunesmith:auto"], results["trl:default"]
     print()
-    print(f"SmolLM2-135M LoRA r=16 all-linear, fp32, {options.examples} GSM8K examples, batch 8,")
+    print(f"SmolLM2-135M LoRA r=16 all-linear, {examples} GSM8K examples, batch 8, max length")
     print(
-        f"max length 512, {options.examples // 8} steps; TRL gradient checkpointing: "
-        f"{theirs.get('gradient_checkpointing')}"
+        f"512, {examples // 8} steps; TRL gradient checkpointing: "
+        f"{theirs.get('gradient_checkpointing')}; held-out loss scored in fp32 for all"
     )
     rows = [
+        ("precision used", "precision", "{}"),
         ("real tokens/s", "real_tokens_per_s", "{:.1f}"),
         ("train seconds", "seconds", "{:.1f}"),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
@@ -296,10 +314,11 @@ def main() -> None:
         ("train-set loss", "train_set_loss", "{:.4f}"),
         ("held-out loss", "heldout_loss", "{:.4f}"),
     ]
-    print(f"{'':18} {'tunesmith':>12} {'TRL':>12} {'ratio':>8}")
+    print(f"{'':18}" + "".join(f"{side:>16}" for side in SIDES) + f"{'auto/TRL':>10}")
     for label, key, fmt in rows:
-        ratio = ours[key] / theirs[key] if theirs[key] else float("nan")
-        print(f"{label:18} {fmt.format(ours[key]):>12} {fmt.format(theirs[key]):>12} {ratio:>8.2f}")
+        cells = "".join(f"{fmt.format(results[side][key]):>16}" for side in SIDES)
+        ratio = "" if key == "precision" else f"{ours[key] / theirs[key]:>10.2f}"
+        print(f"{label:18}{cells}{ratio}")
 
 
 if __name__ == "__main__":

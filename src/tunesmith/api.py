@@ -46,7 +46,12 @@ from tunesmith.engine.signals import StopRequest
 from tunesmith.engine.threads import configure_threads
 from tunesmith.engine.trackers import Trackers
 from tunesmith.methods import count_parameters
-from tunesmith.models import enable_gradient_checkpointing, pick_device, pick_dtype
+from tunesmith.models import (
+    Precision,
+    enable_gradient_checkpointing,
+    pick_device,
+    resolve_precision,
+)
 from tunesmith.runs import RunPaths
 from tunesmith.training import (
     TrainableModel,
@@ -84,19 +89,22 @@ def train(
     paths.root.mkdir(parents=True, exist_ok=True)
     # Before any model or data is loaded: a wrong --resume path fails in a second.
     resume_from = ckpt.resolve_resume(paths.root, resume) if resume else None
+    device = pick_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
+    # The run's config records the precision in effect, not the request ('auto').
+    config = config.model_copy(deep=True)
+    config.train.precision = precision.name
     if processes.rank == 0:
         paths.config.write_text(config.to_yaml(), encoding="utf-8")
-    device = pick_device(config.train.device)
-    dtype = pick_dtype(config.train.precision, device)
-    trainable = build_trainable_model(
-        config, device=device, dtype=torch.float32 if device.type == "cpu" else dtype
-    )
+    trainable = build_trainable_model(config, device=device, dtype=precision.weights)
     data = prepare_training_data(
         config, trainable.objective, trainable.tokenizer, paths, write_report=processes.rank == 0
     )
-    plan = _plan(config, trainable, data, processes, device, dtype)
+    plan = _plan(config, trainable, data, processes, device, precision)
     if processes.rank == 0:
         console.print(_banner(config, trainable, data, plan, processes, threads))
+        if precision.warning:
+            console.print(f"[yellow]warning:[/yellow] {escape(precision.warning)}", highlight=False)
         for warning in data.report.split_warnings():
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
         if resume and resume_from is None:
@@ -135,7 +143,7 @@ class _Plan:
     learning_rate: float
     total_steps: int
     device: torch.device
-    dtype: torch.dtype
+    precision: Precision
     contract: dict[str, object]
     batches: BatchSettings
 
@@ -146,7 +154,7 @@ def _plan(
     data: TrainingData,
     processes: Processes,
     device: torch.device,
-    dtype: torch.dtype,
+    precision: Precision,
 ) -> _Plan:
     if config.train.gradient_checkpointing:
         enable_gradient_checkpointing(trainable.model)
@@ -181,7 +189,7 @@ def _plan(
         row_length=config.data.max_length,
         device=device,
     )
-    return _Plan(parallel, learning_rate, total_steps, device, dtype, contract, batches)
+    return _Plan(parallel, learning_rate, total_steps, device, precision, contract, batches)
 
 
 def _validation_loss(trainable: TrainableModel, data: TrainingData, plan: _Plan) -> float:
@@ -191,7 +199,14 @@ def _validation_loss(trainable: TrainableModel, data: TrainingData, plan: _Plan)
         data.validation,
         batches=plan.batches,
         parallel=plan.parallel,
+        autocast_dtype=_autocast_dtype(plan),
     )
+
+
+def _autocast_dtype(plan: _Plan) -> torch.dtype | None:
+    """What forward passes autocast to: None when they compute in fp32."""
+    compute = plan.precision.compute
+    return None if compute == torch.float32 else compute
 
 
 def _start_fresh(
@@ -228,7 +243,6 @@ def _run_loop(
     trackers = Trackers(
         config.train.report_to if rank == 0 else [], paths.root, config.model_dump(mode="json")
     )
-    half_precision = plan.device.type == "cuda" and plan.dtype != torch.float32
     with (
         StopRequest() as stop,
         TrainingProgress(plan.total_steps, enabled=show_progress and rank == 0) as progress,
@@ -241,7 +255,7 @@ def _run_loop(
             settings=LoopSettings(
                 config.train,
                 plan.learning_rate,
-                autocast_dtype=plan.dtype if half_precision else None,
+                autocast_dtype=_autocast_dtype(plan),
             ),
             batches=plan.batches,
             output=LoopOutput(paths.metrics, progress, on_metrics=trackers.log),
@@ -272,9 +286,16 @@ def _banner(
         f"effective batch size {effective} ({config.train.batch_size} x "
         f"{config.train.gradient_accumulation} accumulation x {world} process(es)"
         f"{f', {plan.parallel.name}' if world > 1 else ''})  "
-        f"device {plan.device.type} ({threads} CPU threads)  "
-        f"precision {str(plan.dtype).removeprefix('torch.')}"
+        f"device {plan.device.type} ({threads} CPU threads)\n"
+        f"precision: {_precision_line(plan.precision)}"
     )
+
+
+def _precision_line(precision: Precision) -> str:
+    weights = "fp32" if precision.weights == torch.float32 else str(precision.weights)
+    if precision.compute == precision.weights:
+        return f"{precision.name} ({precision.reason})"
+    return f"{precision.name} autocast, weights and optimizer {weights} ({precision.reason})"
 
 
 def _summary(

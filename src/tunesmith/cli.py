@@ -270,7 +270,10 @@ def generate(
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}
     ]
-    with base_model_of(trained) if base else contextlib.nullcontext(trained.model) as model:
+    with (
+        base_model_of(trained) if base else contextlib.nullcontext(trained.model) as model,
+        trained.precision.autocast(trained.device),
+    ):
         reply(
             model,
             trained.tokenizer,
@@ -300,7 +303,10 @@ def chat(
     trained = _load_trained(run_dir, trust_remote_code)
     who = "the base model of " if base else ""
     console.print(f"chatting with {who}{run_dir} ([dim]empty line or Ctrl-D to quit, /reset[/dim])")
-    with base_model_of(trained) if base else contextlib.nullcontext(trained.model) as model:
+    with (
+        base_model_of(trained) if base else contextlib.nullcontext(trained.model) as model,
+        trained.precision.autocast(trained.device),
+    ):
         _chat_loop(model, trained.tokenizer, system, max_new_tokens, temperature)
 
 

@@ -151,7 +151,10 @@ class TrainConfig(_Section):
         "auto", description="auto: CUDA when present, else CPU."
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on CUDA with bf16 support, fp32 on CPU."
+        "auto",
+        description="auto: bf16 on CUDA with bf16 support; on CPU bf16 autocast where the CPU "
+        "computes bf16 natively (AVX512-BF16, AMX, Arm BF16; weights and optimizer stay fp32), "
+        "else fp32. The run's config.yaml records the choice.",
     )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from tunesmith.config import ConfigError, RunConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import get_method
-from tunesmith.models import load_base_model, pick_device
+from tunesmith.models import Precision, load_base_model, pick_device, resolve_precision
 
 
 class RunError(TunesmithError):
@@ -83,6 +83,8 @@ class TrainedModel:
     tokenizer: PreTrainedTokenizerBase
     config: RunConfig
     device: torch.device
+    precision: Precision
+    """The run's precision rule on this machine: evaluation and serving autocast with it."""
     notices: list[str] = field(default_factory=list)
 
 
@@ -117,9 +119,11 @@ def load_trained(
     config.model.trust_remote_code = trust_remote_code
     method = get_method(config.method.name)
     target = pick_device(device)
+    precision = resolve_precision(config.train.precision, target)
     loaded = load_base_model(
         config.model.name,
         device=target,
+        dtype=precision.weights,
         cache_dir=config.model.cache_dir,
         trust_remote_code=trust_remote_code,
         **method.base_load_options(config.method),
@@ -131,6 +135,7 @@ def load_trained(
         tokenizer=loaded.tokenizer,
         config=config,
         device=target,
+        precision=precision,
         notices=[notice] if notice else [],
     )
 
@@ -152,6 +157,7 @@ def base_model_of(trained: TrainedModel) -> Iterator[nn.Module]:
     loaded = load_base_model(
         config.model.name,
         device=trained.device,
+        dtype=trained.precision.weights,
         cache_dir=config.model.cache_dir,
         trust_remote_code=config.model.trust_remote_code,
         **method.base_load_options(config.method),

@@ -153,8 +153,10 @@ def evaluate_loss(
     batches: BatchSettings,
     parallel: Parallel | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> float | None:
-    """Mean loss per trained token over a whole set (no sampling, deterministic).
+    """Mean loss per trained token over a whole set (no sampling, deterministic), computed
+    in the precision training autocasts to, so validation measures the model as trained.
 
     Every process evaluates the whole set, so all of them take the same decisions from it.
     Returns None when ``stop_requested`` turns true between batches: a long validation pass
@@ -174,7 +176,8 @@ def evaluate_loss(
                     return None
                 chunk = [examples[i] for i in ordered[start : start + batches.batch_size]]
                 for piece in batches.forward_pieces(batches.collate(objective, chunk)):
-                    loss_sum, units = parallel.loss_sum(piece)
+                    with _autocast(batches.device, autocast_dtype):
+                        loss_sum, units = parallel.loss_sum(piece)
                     total += float(loss_sum)
                     count += units
     finally:
@@ -548,6 +551,7 @@ class _Loop:
             batches=self.batches,
             parallel=self.parallel,
             stop_requested=self.stop_requested,
+            autocast_dtype=self.settings.autocast_dtype,
         )
         state.eval_pending = val_loss is None
         if val_loss is None:

@@ -63,6 +63,7 @@ def _base_for(trained: TrainedModel, config: RunConfig) -> dict[str, Any]:
     base = load_base_model(
         config.model.name,
         device=trained.device,
+        dtype=trained.precision.weights,
         cache_dir=config.model.cache_dir,
         trust_remote_code=config.model.trust_remote_code,
         **method.base_load_options(config.method),
@@ -138,6 +139,22 @@ def evaluate_run(
     kind = _kind_of(test_records)
     if limit is not None and kind is not Preference:  # pairs are capped once tokenized
         test_records = test_records[:limit]
+    # The run's precision rule, as in training: what was validated is what is scored.
+    with trained.precision.autocast(trained.device):
+        return _score(trained, paths, kind, test_records, list(prepared.train), limit, common)
+
+
+def _score(
+    trained: TrainedModel,
+    paths: RunPaths,
+    kind: type,
+    test_records: list[Any],
+    train_records: list[Any],
+    limit: int | None,
+    common: dict[str, Any],
+) -> EvalResult:
+    """Score the fine-tuned model and its base the way the test records' kind is judged."""
+    config = trained.config
     if kind is Preference:
         # A run not trained on pairs (sft on a pair test file) is scored by its likelihood.
         score = registration(config.objective.name).pair_score or "mean_logprob"
@@ -167,7 +184,7 @@ def evaluate_run(
         trained.model,
         trained.tokenizer,
         _conversations(test_records),
-        _conversations(prepared.train),
+        _conversations(train_records),
         k_shot=config.eval.k_shot,
         max_new_tokens=config.eval.max_new_tokens,
         **common,

@@ -6,14 +6,16 @@ from tunesmith.models.loading import (
     enable_gradient_checkpointing,
     load_base_model,
     pick_device,
-    pick_dtype,
 )
+from tunesmith.models.precision import Precision, PrecisionError, resolve_precision
 
 __all__ = [
     "LoadedModel",
     "ModelError",
+    "Precision",
+    "PrecisionError",
     "enable_gradient_checkpointing",
     "load_base_model",
     "pick_device",
-    "pick_dtype",
+    "resolve_precision",
 ]

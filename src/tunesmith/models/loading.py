@@ -39,15 +39,6 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """fp32 on CPU unless asked: CPUs without native bf16 emulate it >100x slower."""
-    if requested == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
-
-
 def resolve_model_path(name: str, cache_dir: Path | None = None) -> Path:
     if name in BUNDLED_MODELS:
         try:

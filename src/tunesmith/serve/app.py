@@ -272,7 +272,8 @@ class _Completion:
             )
             for index in range(self.body.n)
         ]
-        return Job(self.served.module, self.served.adapter, rows, sampling, self.served.pad_id)
+        served = self.served
+        return Job(served.module, served.adapter, rows, sampling, served.pad_id, served.precision)
 
     async def answer(self, request: Request) -> Response:
         self.job = self._job()

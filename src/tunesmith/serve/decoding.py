@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
+from tunesmith.models.precision import Precision
+
 Emit = Callable[[tuple[Any, ...]], None]
 """Receives ("text", row, piece), ("done", row, finish_reason, tokens) or ("error", message)."""
 
@@ -131,6 +133,8 @@ class Job:
     rows: list[Row]
     sampling: Sampling
     pad_id: int
+    precision: Precision
+    """The module's precision rule; one module, one precision, so a batch shares it."""
     enqueued: float = field(default_factory=time.monotonic)
 
     def fail(self, message: str) -> None:
@@ -290,8 +294,9 @@ class Decoder:
                 job.adapter for job in batch for row in job.rows if not row.cancelled
             ]
         device = next(module.parameters()).device
-        module.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options
-        )
+        with first.precision.autocast(device):
+            module.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options
+            )
         for row in rows:
             row.close()

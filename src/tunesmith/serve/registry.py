@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.generate import _stop_token_ids
 from tunesmith.methods import get_method
-from tunesmith.models import load_base_model, pick_device
+from tunesmith.models import Precision, load_base_model, pick_device, resolve_precision
 from tunesmith.models.loading import resolve_model_path
 from tunesmith.runs import RunError, RunPaths, load_trained, read_run_config
 
@@ -54,6 +54,8 @@ class ServedModel:
     score: dict[str, object] | None
     base_key: str | None
     """The shared base this model lives on (None: a model of its own)."""
+    precision: Precision
+    """What its forward passes compute in: the run's rule (on a shared base, the first run's)."""
 
     def card(self) -> dict[str, object]:
         card: dict[str, object] = {
@@ -74,6 +76,7 @@ class _SharedBase:
     model: PeftModel
     base_id: str
     adapters: set[str]
+    precision: Precision
 
 
 def fingerprint(weights_dir: Path, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -176,15 +179,19 @@ class Registry:
                 shared.model.load_adapter(final, adapter_name=model_id, is_trainable=False)
             shared.adapters.add(model_id)
             module, adapter, parent = shared.model, model_id, shared.base_id
+            precision = shared.precision
             base_key = str(config.model.name)
             fallback = self.models[shared.base_id].tokenizer
         else:
             trained = load_trained(run_dir, device=str(self.device))
             module, adapter, base_key = trained.model, None, None
+            precision = trained.precision
             parent = base_model_id(str(config.model.name))
             fallback = trained.tokenizer
         tokenizer = _run_tokenizer(run_dir, fallback)
-        served = self._served(model_id, module, adapter, tokenizer, final, parent, base_key)
+        served = self._served(
+            model_id, module, adapter, tokenizer, final, parent, base_key, precision
+        )
         served.run_dir = run_dir
         served.score = headline_score(run_dir)
         self.models[model_id] = served
@@ -216,9 +223,11 @@ class Registry:
         key = str(config.model.name)
         if key in self._bases:
             return self._bases[key], None
+        precision = resolve_precision(config.train.precision, self.device)
         loaded = load_base_model(
             config.model.name,
             device=self.device,
+            dtype=precision.weights,
             cache_dir=config.model.cache_dir,
             trust_remote_code=config.model.trust_remote_code,
         )
@@ -229,10 +238,12 @@ class Registry:
         base_id = base_model_id(key)
         if base_id in self.models:
             raise RegistryError(f"a run is named like the base model {base_id!r}; rename the run")
-        shared = _SharedBase(model=model, base_id=base_id, adapters=set())
+        shared = _SharedBase(model=model, base_id=base_id, adapters=set(), precision=precision)
         self._bases[key] = shared
         base_path = resolve_model_path(key, config.model.cache_dir)
-        base = self._served(base_id, model, BASE_ROW, loaded.tokenizer, base_path, None, key)
+        base = self._served(
+            base_id, model, BASE_ROW, loaded.tokenizer, base_path, None, key, precision
+        )
         self.models[base_id] = base
         return shared, base
 
@@ -245,6 +256,7 @@ class Registry:
         weights_dir: Path,
         parent: str | None,
         base_key: str | None,
+        precision: Precision,
     ) -> ServedModel:
         stop_ids = _stop_token_ids(module, tokenizer)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
@@ -263,4 +275,5 @@ class Registry:
             run_dir=None,
             score=None,
             base_key=base_key,
+            precision=precision,
         )
