@@ -90,6 +90,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(
     common = [
         "train", str(config), "--set", "train.eval_every=100", "--set", method_setting,
     ]  # fmt: skip
+    if strategy == "fsdp":
+        # Equality to 1e-5 is an fp32 claim: under bf16 autocast FSDP's regrouped
+        # parameters round differently (losses 5e-4 apart, measured), DDP's do not.
+        common += ["--set", "train.precision=fp32"]
     single = tunesmith(workdir, *common, "--set", "output.name=single")
     assert single.returncode == 0, single.stderr
     two = [*common, "--set", "output.name=double", "--set", "train.gradient_accumulation=1"]
