@@ -7,7 +7,12 @@ from tunesmith.models.loading import (
     load_base_model,
     pick_device,
 )
-from tunesmith.models.precision import Precision, PrecisionError, resolve_precision
+from tunesmith.models.precision import (
+    Precision,
+    PrecisionError,
+    resolve_precision,
+    store_frozen_matmul_weights,
+)
 
 __all__ = [
     "LoadedModel",
@@ -18,4 +23,5 @@ __all__ = [
     "load_base_model",
     "pick_device",
     "resolve_precision",
+    "store_frozen_matmul_weights",
 ]
