@@ -51,7 +51,6 @@ from tunesmith.models import (
     enable_gradient_checkpointing,
     pick_device,
     resolve_precision,
-    store_frozen_matmul_weights,
 )
 from tunesmith.runs import RunPaths
 from tunesmith.training import (
@@ -98,8 +97,6 @@ def train(
     if processes.rank == 0:
         paths.config.write_text(config.to_yaml(), encoding="utf-8")
     trainable = build_trainable_model(config, device=device, dtype=precision.weights)
-    if _frozen_weights_in_compute_dtype(config, trainable, precision, processes):
-        store_frozen_matmul_weights(trainable.model, precision.compute)
     data = prepare_training_data(
         config, trainable.objective, trainable.tokenizer, paths, write_report=processes.rank == 0
     )
@@ -204,17 +201,6 @@ def _validation_loss(trainable: TrainableModel, data: TrainingData, plan: _Plan)
         parallel=plan.parallel,
         autocast_dtype=_autocast_dtype(plan),
     )
-
-
-def _frozen_weights_in_compute_dtype(
-    config: RunConfig, trainable: TrainableModel, precision: Precision, processes: Processes
-) -> bool:
-    """Whether the frozen base is stored in the autocast dtype (see
-    `store_frozen_matmul_weights`): the method allows it, and FSDP2, which shards
-    parameters of one dtype, is not in use."""
-    sharded = processes.world_size > 1 and config.train.strategy == "fsdp"
-    autocast = precision.compute != precision.weights
-    return autocast and trainable.method.frozen_matmul_weights and not sharded
 
 
 def _autocast_dtype(plan: _Plan) -> torch.dtype | None:

@@ -18,7 +18,6 @@ from tunesmith.models.precision import (
     PrecisionError,
     cpu_flags,
     resolve_precision,
-    store_frozen_matmul_weights,
 )
 
 CPU = torch.device("cpu")
@@ -91,52 +90,3 @@ def test_the_precision_the_banner_prints_is_the_one_in_effect(run_setup, precisi
     assert written["train"]["precision"] == expected.name  # the choice, not 'auto'
     adapter = load_file(run_dir / "final" / "adapter_model.safetensors")
     assert {tensor.dtype for tensor in adapter.values()} == {torch.float32}
-
-
-def test_frozen_linear_weights_stored_in_bf16_give_the_same_products() -> None:
-    torch.manual_seed(0)
-    embedding = torch.nn.Embedding(10, 16)
-    frozen, trainable, tied = torch.nn.Linear(16, 8), torch.nn.Linear(8, 4), torch.nn.Linear(16, 10)
-    tied.weight = embedding.weight
-    model = torch.nn.ModuleDict({"e": embedding, "f": frozen, "t": trainable, "h": tied})
-    frozen.requires_grad_(False)
-    inputs = torch.randn(3, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        before = trainable(frozen(inputs))
-    freed = store_frozen_matmul_weights(model, torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        after = trainable(frozen(inputs))
-    assert torch.equal(before, after)
-    assert (frozen.weight.dtype, frozen.bias.dtype) == (torch.bfloat16, torch.bfloat16)
-    assert trainable.weight.dtype == torch.float32  # trained weights stay fp32
-    assert embedding.weight.dtype == torch.float32  # a tied head stays with its embedding
-    assert freed == (16 * 8 + 8) * 2
-
-
-def test_a_bf16_lora_run_keeps_its_frozen_base_in_bf16(run_setup) -> None:
-    if resolve_precision("auto", CPU).compute != torch.bfloat16:
-        pytest.skip("this CPU trains in fp32 under auto")
-    config_path, workdir = run_setup
-    config = load_config(config_path, [f"output.dir={workdir / 'kept'}"])
-    linears: list[tuple[int, bool, torch.dtype]] = []
-    embedded: set[int] = set()
-
-    def record(module: torch.nn.Module, _inputs, _output) -> None:
-        if isinstance(module, torch.nn.Embedding):
-            embedded.add(module.weight.data_ptr())
-        elif type(module) is torch.nn.Linear and module.training:
-            weight = module.weight
-            linears.append((weight.data_ptr(), weight.requires_grad, weight.dtype))
-
-    handle = torch.nn.modules.module.register_module_forward_hook(record)
-    try:
-        api.train(config, console=Console(record=True), show_progress=False)
-    finally:
-        handle.remove()
-    dtypes: dict[str, set[torch.dtype]] = {"frozen": set(), "trained": set(), "tied": set()}
-    for pointer, trained, dtype in linears:
-        side = "tied" if pointer in embedded else "trained" if trained else "frozen"
-        dtypes[side].add(dtype)
-    assert dtypes["frozen"] == {torch.bfloat16}
-    assert dtypes["trained"] == {torch.float32}
-    assert dtypes["tied"] <= {torch.float32}  # a head tied to the embedding stays fp32

@@ -101,7 +101,6 @@ class BottleneckAdapters:
     packs = True
     shardable = True
     switches_off = False
-    frozen_matmul_weights = True
 
     def base_load_options(self, settings: AdapterSettings) -> dict[str, object]:
         return {}

@@ -54,11 +54,6 @@ class Method(Protocol):
     - ``switches_off``: the trained model can compute the base model by switching its
       adapter off (peft's ``disable_adapter``); otherwise baselines and ``--base`` load the
       base model on its own.
-    - ``frozen_matmul_weights``: the frozen base weights are read by matrix products only
-      (``nn.Linear`` layers the method wraps or leaves alone), so under autocast they can be
-      stored in the compute dtype once instead of cast at every forward, with the same
-      results. False where a method reads them otherwise (DoRA's weight norm), they are
-      quantized (4-bit), or they are part of what is saved (full, freeze).
     """
 
     name: str
@@ -69,7 +64,6 @@ class Method(Protocol):
     packs: bool
     shardable: bool
     switches_off: bool
-    frozen_matmul_weights: bool
 
     def base_load_options(self, settings: MethodSettings) -> dict[str, object]:
         """Extra `from_pretrained` keyword arguments for the base (e.g. 4-bit quantization)."""

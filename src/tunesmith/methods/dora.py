@@ -30,7 +30,6 @@ class DoRA:
     packs = True
     shardable = True
     switches_off = True
-    frozen_matmul_weights = False
 
     def base_load_options(self, settings: DoraSettings) -> dict[str, object]:
         return {}

@@ -39,7 +39,6 @@ class FreezeTuning:
     packs = True
     shardable = True
     switches_off = False
-    frozen_matmul_weights = False
 
     def base_load_options(self, settings: FreezeSettings) -> dict[str, object]:
         return {}

@@ -31,7 +31,6 @@ class FullFineTuning:
     packs = True
     shardable = True
     switches_off = False
-    frozen_matmul_weights = False
 
     def base_load_options(self, settings: FullSettings) -> dict[str, object]:
         return {}

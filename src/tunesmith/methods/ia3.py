@@ -39,7 +39,6 @@ class IA3:
     packs = True
     shardable = True
     switches_off = True
-    frozen_matmul_weights = True
 
     def base_load_options(self, settings: Ia3Settings) -> dict[str, object]:
         return {}

@@ -55,7 +55,6 @@ class LoRA:
     packs = True
     shardable = True
     switches_off = True
-    frozen_matmul_weights = True
 
     def base_load_options(self, settings: LoraSettings) -> dict[str, object]:
         return {}

@@ -44,7 +44,6 @@ class PrefixTuning:
     packs = False
     shardable = False
     switches_off = True
-    frozen_matmul_weights = True
 
     def base_load_options(self, settings: PrefixSettings) -> dict[str, object]:
         return {}

@@ -38,7 +38,6 @@ class PromptTuning:
     packs = False
     shardable = False
     switches_off = True
-    frozen_matmul_weights = True
 
     def base_load_options(self, settings: PromptSettings) -> dict[str, object]:
         return {}

@@ -53,7 +53,6 @@ class QLoRA:
     packs = True
     shardable = False
     switches_off = True
-    frozen_matmul_weights = False
 
     def base_load_options(self, settings: QloraSettings) -> dict[str, object]:
         return {

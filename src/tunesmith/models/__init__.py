@@ -7,12 +7,7 @@ from tunesmith.models.loading import (
     load_base_model,
     pick_device,
 )
-from tunesmith.models.precision import (
-    Precision,
-    PrecisionError,
-    resolve_precision,
-    store_frozen_matmul_weights,
-)
+from tunesmith.models.precision import Precision, PrecisionError, resolve_precision
 
 __all__ = [
     "LoadedModel",
@@ -23,5 +18,4 @@ __all__ = [
     "load_base_model",
     "pick_device",
     "resolve_precision",
-    "store_frozen_matmul_weights",
 ]

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from tunesmith.errors import TunesmithError
 
@@ -71,32 +70,6 @@ class Precision:
             return
         with torch.autocast(device_type=device.type, dtype=self.compute):
             yield
-
-
-def store_frozen_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
-    """Store the frozen fp32 weights (and biases) of plain ``nn.Linear`` layers in ``dtype``;
-    returns the bytes freed.
-
-    Under autocast a linear layer casts its weight to the compute dtype at every forward,
-    and again at every recomputation under gradient checkpointing: autocast caches only the
-    casts of trainable leaves. A weight already in that dtype gives the same product with
-    no copy and half the memory. Weights an ``nn.Embedding`` shares (a tied ``lm_head``)
-    stay as they are, since the embedding lookup is not autocast; so do trainable and
-    quantized weights (4-bit layers are not plain ``nn.Linear``).
-    """
-    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    freed = 0
-    for module in model.modules():
-        if type(module) is not nn.Linear:
-            continue
-        for tensor in (module.weight, module.bias):
-            if tensor is None or tensor.requires_grad or tensor.dtype != torch.float32:
-                continue
-            if id(tensor) in embedded:
-                continue
-            tensor.data = tensor.data.to(dtype)
-            freed += tensor.numel() * (4 - tensor.element_size())
-    return freed
 
 
 def matmul_gflops(dtype: torch.dtype, size: int, repeats: int = 3) -> float:
