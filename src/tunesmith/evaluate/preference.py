@@ -44,7 +44,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tunesmith.data.preference import PreferenceExample, tokenize_preferences
 from tunesmith.data.records import Message, Preference, Source
 from tunesmith.evaluate.bootstrap import DEFAULT_RESAMPLES
-from tunesmith.evaluate.compare import FINE_TUNED, compare_scores
+from tunesmith.evaluate.compare import FINE_TUNED, Comparison, compare_scores
 from tunesmith.evaluate.generate import EvaluationDataError, generate_replies
 from tunesmith.evaluate.metrics import (
     PREFERENCE_METRICS,
@@ -82,6 +82,9 @@ class PairScores:
     @property
     def margins(self) -> np.ndarray:
         return self.chosen - self.rejected
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"chosen": self.chosen.tolist(), "rejected": self.rejected.tolist()}
 
 
 @dataclass(frozen=True)
@@ -228,8 +231,11 @@ def _sample_rows(
     records: Sequence[Preference],
     indices: Sequence[int],
     generations: dict[str, list[str]],
-    accuracy: dict[str, np.ndarray],
+    per_system: dict[str, dict[str, MetricScores]],
 ) -> list[SampleRow]:
+    accuracy = {
+        system: scores["preference_accuracy"].per_item for system, scores in per_system.items()
+    }
     rows = []
     for position, index in enumerate(indices):
         record = records[index]
@@ -277,6 +283,10 @@ class _PairScorer:
     pad_token_id: int
     batch_size: int
 
+    def __post_init__(self) -> None:
+        if self.score == "reward_head" and self.reward_head is None:
+            raise ValueError("score reward_head needs the run's reward_head")
+
     def __call__(
         self, model: nn.Module, scope: AbstractContextManager[object] | None = None
     ) -> PairLogprobs | PairScores:
@@ -303,6 +313,57 @@ def _generations(
         BASE: base_replies,
         FINE_TUNED: generate_replies(systems.fine_tuned, tokenizer, prompts, **decoding),
     }
+
+
+def _compare(
+    per_system: dict[str, dict[str, MetricScores]],
+    metrics: Sequence[str] | None,
+    n_items: int,
+    n_resamples: int,
+    seed: int,
+) -> Comparison:
+    """Base vs fine-tuned on the asked-for preference metrics (all of them by default)."""
+    wanted = list(metrics) if metrics else list(PREFERENCE_METRICS)
+    scores = {name: {system: per_system[system][name] for system in per_system} for name in wanted}
+    return compare_scores(
+        scores,
+        candidate=FINE_TUNED,
+        n_items=n_items,
+        n_resamples=n_resamples,
+        seed=seed,
+        advice="the preference training did not clearly help on held-out pairs",
+        baseline_kind="",
+    )
+
+
+def _settings(
+    objective: str,
+    score: PairScore,
+    beta: float,
+    records: Sequence[Preference],
+    dropped: Sequence[tuple[str, Source]],
+    max_new_tokens: int,
+    seed: int,
+) -> dict[str, object]:
+    """What results.json records of how the pairs were scored and the samples generated."""
+    return {
+        "objective": objective,
+        "score": PREFERENCE_SCORES[score],
+        "beta": beta,
+        "pairs": len(records),
+        "pairs_dropped": [[reason, str(source)] for reason, source in dropped],
+        "ties": "count half",
+        "generations": "greedy",
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
+
+
+def _samples_title(n_samples: int) -> str:
+    return (
+        f"Base vs fine-tuned generations for {n_samples} sampled test prompts "
+        "(score 1: the system ranks chosen above rejected on that pair)"
+    )
 
 
 def evaluate_preference_models(
@@ -340,14 +401,11 @@ def evaluate_preference_models(
     prompts sampled with ``seed``.
     """
     systems = Systems(fine_tuned_model, base_disabled_context, base_model)
-    if score == "reward_head" and reward_head is None:
-        raise ValueError("score reward_head needs the run's reward_head")
     _check_metrics(metrics)
     examples, records, dropped = _held_out_pairs(
         tokenizer, test_records, max_length, on_overlength, max_items
     )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    scorer = _PairScorer(examples, score, reward_head, pad_id, batch_size)
+    scorer = _PairScorer(examples, score, reward_head, tokenizer.pad_token_id or 0, batch_size)
     pair_scores = score_pairs(
         score,
         lambda: scorer(fine_tuned_model),
@@ -355,29 +413,15 @@ def evaluate_preference_models(
         beta=beta,
     )
     per_system = {system: preference_metric_scores(pairs) for system, pairs in pair_scores.items()}
-    wanted = list(metrics) if metrics else list(PREFERENCE_METRICS)
-    scores = {name: {system: per_system[system][name] for system in pair_scores} for name in wanted}
-    comparison = compare_scores(
-        scores,
-        candidate=FINE_TUNED,
-        n_items=len(records),
-        n_resamples=n_resamples,
-        seed=seed,
-        advice="the preference training did not clearly help on held-out pairs",
-        baseline_kind="",
-    )
+    comparison = _compare(per_system, metrics, len(records), n_resamples, seed)
     indices = sorted(
         random.Random(seed).sample(range(len(records)), min(n_generations, len(records)))
     )
-    generations = _generations(
-        systems, tokenizer, [records[i].prompt for i in indices], max_new_tokens, batch_size
-    )
+    prompts = [records[i].prompt for i in indices]
+    generations = _generations(systems, tokenizer, prompts, max_new_tokens, batch_size)
+    half_batch = max(1, batch_size // 2)
     forgetting = systems.forgetting(
-        tokenizer,
-        enabled=measure_forgetting,
-        text_path=forgetting_text,
-        threshold=forgetting_threshold,
-        batch_size=max(1, batch_size // 2),
+        tokenizer, measure_forgetting, forgetting_text, forgetting_threshold, half_batch
     )
     results_path = write_results(
         out_dir,
@@ -385,26 +429,12 @@ def evaluate_preference_models(
             "kind": PREFERENCE,
             "comparison": comparison.to_dict(),
             "forgetting": forgetting.to_dict() if forgetting else None,
-            "settings": {
-                "objective": objective,
-                "score": PREFERENCE_SCORES[score],
-                "beta": beta,
-                "pairs": len(records),
-                "pairs_dropped": [[reason, str(source)] for reason, source in dropped],
-                "ties": "count half",
-                "generations": "greedy",
-                "max_new_tokens": max_new_tokens,
-                "seed": seed,
-            },
-            "pairs": {
-                system: {"chosen": pairs.chosen.tolist(), "rejected": pairs.rejected.tolist()}
-                for system, pairs in pair_scores.items()
-            },
+            "settings": _settings(objective, score, beta, records, dropped, max_new_tokens, seed),
+            "pairs": {system: pairs.to_dict() for system, pairs in pair_scores.items()},
             "generations": {"sources": [str(records[i].source) for i in indices], **generations},
         },
     )
-    accuracy = {system: per_system[system]["preference_accuracy"].per_item for system in per_system}
-    samples = _sample_rows(records, indices, generations, accuracy)
+    samples = _sample_rows(records, indices, generations, per_system)
     report_path = write_report(
         Path(out_dir),
         comparison,
@@ -412,9 +442,6 @@ def evaluate_preference_models(
         forgetting,
         samples,
         task=f"held-out preference pairs ({objective}: {PREFERENCE_SCORES[score]})",
-        samples_title=(
-            f"Base vs fine-tuned generations for {len(samples)} sampled test prompts "
-            "(score 1: the system ranks chosen above rejected on that pair)"
-        ),
+        samples_title=_samples_title(len(samples)),
     )
     return EvalResult(comparison, forgetting, generations, results_path, report_path, PREFERENCE)

@@ -95,11 +95,7 @@ def evaluate_text_models(
         baseline_kind="",
     )
     forgetting = systems.forgetting(
-        tokenizer,
-        enabled=measure_forgetting,
-        text_path=forgetting_text,
-        threshold=forgetting_threshold,
-        batch_size=batch_size,
+        tokenizer, measure_forgetting, forgetting_text, forgetting_threshold, batch_size
     )
     tokens = int(tuned.stats[:, 1].sum())
     results_path = write_results(

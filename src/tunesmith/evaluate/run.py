@@ -137,12 +137,9 @@ def evaluate_models(
     comparison = compare_systems(
         task.test_items, outputs, metrics, labels=task.labels, n_resamples=n_resamples, seed=seed
     )
+    half_batch = max(1, batch_size // 2)
     forgetting = systems.forgetting(
-        tokenizer,
-        enabled=measure_forgetting,
-        text_path=forgetting_text,
-        threshold=forgetting_threshold,
-        batch_size=max(1, batch_size // 2),
+        tokenizer, measure_forgetting, forgetting_text, forgetting_threshold, half_batch
     )
     kind = CLASSIFICATION if task.labels else GENERATION
     results_path = write_results(

@@ -49,7 +49,6 @@ class Systems:
     def forgetting(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        *,
         enabled: bool,
         text_path: str | Path | None,
         threshold: float,
