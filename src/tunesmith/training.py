@@ -25,6 +25,7 @@ from tunesmith.data.load import prepare_configured_records
 from tunesmith.data.report import DataReport
 from tunesmith.engine.loop import TrainingError
 from tunesmith.engine.parallel import Parallel, Processes, Replicated
+from tunesmith.manifest import write_manifest
 from tunesmith.methods import Method, get_method
 from tunesmith.models import load_base_model
 from tunesmith.objectives import (
@@ -170,6 +171,7 @@ def write_final(
         trainable.method.save(whole, final_dir)
         save_objective_parameters(trainable.objective, whole, final_dir)
         trainable.tokenizer.save_pretrained(final_dir)
+        write_manifest(final_dir)
 
 
 def logged_val_loss_before_training(metrics: Path) -> float | None:
