@@ -56,7 +56,7 @@ def pre_tokenizer_name(tokenizer_json: dict, *, known: str | None = None) -> str
     """llama.cpp's name for the split before BPE; ``known`` is the base GGUF's own name."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     if all(pre.get(key) == value for key, value in _GPT2_BYTE_LEVEL.items()):
-        return known or "gpt2"
+        return known or "gpt-2"
     shape = json.dumps(pre)[:200]
     raise ExportError(
         f"the tokenizer's pre-tokenizer ({shape}) is not one this GGUF writer maps to a "
