@@ -68,4 +68,14 @@ def _dispatch(inputs: ExportInputs, target: str, quant: Quant, verify_items: int
         from tunesmith.export.gguf_lora import export_gguf_lora
 
         return export_gguf_lora(inputs, quant, verify_items=verify_items)
-    raise ExportError(f"--to {target} is not written yet")
+    if target == "ollama":
+        from tunesmith.export.ollama import export_ollama
+
+        return export_ollama(inputs, quant, verify_items=verify_items)
+    if target == "hf":
+        from tunesmith.export.hf import export_hf
+
+        return export_hf(inputs, verify_items=verify_items)
+    from tunesmith.export.vllm import export_vllm
+
+    return export_vllm(inputs, verify_items=verify_items)

@@ -12,7 +12,7 @@ from tunesmith.export.prepare import ExportInputs
 from tunesmith.export.quants import Quant, requantize_with_llama_cpp
 from tunesmith.export.result import Artifact, ExportResult
 from tunesmith.export.source import staged_file
-from tunesmith.export.verify import Reference, Verification, reference, verify
+from tunesmith.export.verify import Verification, reference, verify
 from tunesmith.runs import base_model_of
 
 F16_IDENTICAL_SHARE = 0.95
@@ -89,16 +89,16 @@ def check(verification: Verification, quant: Quant, result: ExportResult, label:
 
 
 def export_gguf(
-    inputs: ExportInputs, quant: Quant, *, verify_items: int, ref: Reference | None = None
+    inputs: ExportInputs, quant: Quant, *, verify_items: int, out_dir: Path | None = None
 ) -> ExportResult:
-    out_dir = inputs.source.out_dir("gguf")
+    out_dir = out_dir or inputs.source.out_dir("gguf")
     result = ExportResult("gguf", out_dir)
     path = write_gguf(inputs, quant, out_dir / f"{inputs.source.name}-{quant.name}.gguf")
     artifact = Artifact(path, "model")
     result.artifacts.append(artifact)
     if verify_items:
         held_out = inputs.held_out(verify_items)
-        ref = ref or reference(inputs.merged, inputs.tokenizer, inputs.chat, held_out)
+        ref = reference(inputs.merged, inputs.tokenizer, inputs.chat, held_out)
         verification = verify(
             path, inputs.tokenizer, inputs.chat, inputs.vocab.add_bos, held_out, ref, inputs.merged
         )

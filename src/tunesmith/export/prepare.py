@@ -123,6 +123,16 @@ class ExportInputs:
             datasets=tuple(path.name for path in config.data.train),
         )
 
+    def trained_system_prompt(self) -> str | None:
+        """The system prompt every training conversation opened with, if they share one."""
+        train = [
+            r
+            for r in prepare_configured_records(self.source.config.data).train
+            if isinstance(r, Conversation)
+        ]
+        firsts = {r.messages[0].content if r.messages[0].role == "system" else None for r in train}
+        return next(iter(firsts)) if len(firsts) == 1 else None
+
     def held_out(self, items: int) -> HeldOut:
         config = self.source.config
         test = _prompt_items(config)
