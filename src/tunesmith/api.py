@@ -65,8 +65,9 @@ from tunesmith.training import (
 
 if TYPE_CHECKING:
     from tunesmith.evaluate.run import EvalResult
+    from tunesmith.export.result import ExportResult
 
-__all__ = ["evaluate", "merge", "prepare_data", "serve", "train"]
+__all__ = ["evaluate", "export", "merge", "prepare_data", "serve", "train"]
 
 
 def train(
@@ -375,6 +376,29 @@ def merge(
     merged.save_pretrained(target, safe_serialization=True)
     trained.tokenizer.save_pretrained(target)
     return target
+
+
+def export(
+    run_dir: Path,
+    target: str,
+    *,
+    quant: str | Sequence[str] | None = None,
+    verify_items: int = 20,
+    trust_remote_code: bool = False,
+    on_notice: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Write the run for llama.cpp/Ollama/HF/vLLM under `RUN_DIR/export/<target>/` and prove
+    the files in their runtime on the run's held-out prompts (``verify_items=0`` skips)."""
+    from tunesmith.export import export_run
+
+    return export_run(
+        run_dir,
+        target,
+        quant=quant,
+        verify_items=verify_items,
+        trust_remote_code=trust_remote_code,
+        on_notice=on_notice or console_warning,
+    )
 
 
 def console_warning(message: str) -> None:

@@ -249,6 +249,42 @@ def merge(
     )
 
 
+@app.command("export")
+@friendly_errors
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tunesmith train`.")],
+    to: Annotated[str, typer.Option("--to", help="gguf, gguf-lora, ollama, hf or vllm.")] = "gguf",
+    quant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="GGUF encoding: f16, bf16, q8_0 (no compiler needed), q4_k_m, q5_k_m, q6_k "
+            "(llama.cpp's quantizer). Repeat it with --to gguf for a table of several."
+        ),
+    ] = None,
+    verify_items: Annotated[
+        int, typer.Option(help="Held-out prompts the written files are checked on.")
+    ] = 20,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Write only; skip the checks after writing.")
+    ] = False,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Ship the run: GGUF for llama.cpp/Ollama, HF and vLLM folders, each verified after writing."""
+    from tunesmith import api
+    from tunesmith.export.summary import print_export_summary
+
+    console.print(f"exporting {run_dir} --to {to} …")
+    result = api.export(
+        run_dir,
+        to,
+        quant=quant,
+        verify_items=0 if no_verify else verify_items,
+        trust_remote_code=trust_remote_code,
+        on_notice=_print_notice,
+    )
+    print_export_summary(result, console)
+
+
 @app.command()
 @friendly_errors
 def generate(

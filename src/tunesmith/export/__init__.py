@@ -4,7 +4,7 @@ each written atomically under `RUN_DIR/export/<target>/` and verified after writ
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tunesmith.export.errors import ExportError
@@ -31,16 +31,19 @@ def export_run(
     run_dir: Path,
     target: str,
     *,
-    quant: str | None = None,
+    quant: str | Sequence[str] | None = None,
     verify_items: int = 20,
     trust_remote_code: bool = False,
     on_notice: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write one target and verify it; ``verify_items=0`` skips the runtime checks."""
     target = check_target(target)
-    if quant is not None and target not in GGUF_TARGETS:
+    names = [quant] if isinstance(quant, str) else list(quant or [])
+    if names and target not in GGUF_TARGETS:
         raise ExportError(f"--quant applies to {', '.join(GGUF_TARGETS)}, not --to {target}.")
-    chosen = get_quant(quant or DEFAULT_QUANT.get(target, "f16"))
+    if len(names) > 1 and target != "gguf":
+        raise ExportError(f"--to {target} takes one --quant; several apply to --to gguf only.")
+    chosen = [get_quant(name) for name in names or [DEFAULT_QUANT.get(target, "f16")]]
     source = open_run(run_dir)
     notice = on_notice or (lambda _line: None)
     if not source.final_verified:
@@ -59,19 +62,21 @@ def export_run(
     return result
 
 
-def _dispatch(inputs: ExportInputs, target: str, quant: Quant, verify_items: int) -> ExportResult:
+def _dispatch(
+    inputs: ExportInputs, target: str, quants: list[Quant], verify_items: int
+) -> ExportResult:
     if target == "gguf":
         from tunesmith.export.gguf_export import export_gguf
 
-        return export_gguf(inputs, quant, verify_items=verify_items)
+        return export_gguf(inputs, quants, verify_items=verify_items)
     if target == "gguf-lora":
         from tunesmith.export.gguf_lora import export_gguf_lora
 
-        return export_gguf_lora(inputs, quant, verify_items=verify_items)
+        return export_gguf_lora(inputs, quants[0], verify_items=verify_items)
     if target == "ollama":
         from tunesmith.export.ollama import export_ollama
 
-        return export_ollama(inputs, quant, verify_items=verify_items)
+        return export_ollama(inputs, quants[0], verify_items=verify_items)
     if target == "hf":
         from tunesmith.export.hf import export_hf
 

@@ -21,12 +21,15 @@ METRIC_MARGIN = 0.02
 """A quant that loses more than this (absolute, 0-1 metrics) of the task metric is named."""
 
 
-def write_gguf(inputs: ExportInputs, quant: Quant, target: Path, *, merged: bool = True) -> Path:
-    """The merged model (or, with ``merged=False``, the untrained base) at ``target``."""
+def write_gguf(
+    inputs: ExportInputs, quant: Quant, target: Path, notes: list[str], *, merged: bool = True
+) -> Path:
+    """The merged model (or, with ``merged=False``, the untrained base) at ``target``; what
+    llama.cpp's quantizer had to tell is appended to ``notes``."""
     if merged:
-        return _write(inputs, quant, target, inputs.merged.state_dict(), "merged")
+        return _write(inputs, quant, target, inputs.merged.state_dict(), "merged", notes)
     with base_model_of(inputs.trained) as base:
-        return _write(inputs, quant, target, plain_state(base), "base")
+        return _write(inputs, quant, target, plain_state(base), "base", notes)
 
 
 def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -41,7 +44,12 @@ def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _write(
-    inputs: ExportInputs, quant: Quant, target: Path, state: dict[str, torch.Tensor], kind: str
+    inputs: ExportInputs,
+    quant: Quant,
+    target: Path,
+    state: dict[str, torch.Tensor],
+    kind: str,
+    notes: list[str],
 ) -> Path:
     def write(path: Path) -> None:
         write_model_gguf(
@@ -61,7 +69,8 @@ def _write(
         half = staging.with_name(staging.name + ".f16")
         try:
             write(half)
-            requantize_with_llama_cpp(half, staging, quant)
+            remark = requantize_with_llama_cpp(half, staging, quant)
+            notes.extend([remark] if remark else [])
         finally:
             half.unlink(missing_ok=True)
     return target
@@ -89,20 +98,34 @@ def check(verification: Verification, quant: Quant, result: ExportResult, label:
 
 
 def export_gguf(
-    inputs: ExportInputs, quant: Quant, *, verify_items: int, out_dir: Path | None = None
+    inputs: ExportInputs,
+    quants: list[Quant],
+    *,
+    verify_items: int,
+    out_dir: Path | None = None,
 ) -> ExportResult:
+    """One GGUF per quant, each verified against the same transformers reference."""
     out_dir = out_dir or inputs.source.out_dir("gguf")
     result = ExportResult("gguf", out_dir)
-    path = write_gguf(inputs, quant, out_dir / f"{inputs.source.name}-{quant.name}.gguf")
-    artifact = Artifact(path, "model")
-    result.artifacts.append(artifact)
-    if verify_items:
-        held_out = inputs.held_out(verify_items)
-        ref = reference(inputs.merged, inputs.tokenizer, inputs.chat, held_out)
-        verification = verify(
-            path, inputs.tokenizer, inputs.chat, inputs.vocab.add_bos, held_out, ref, inputs.merged
+    held_out = inputs.held_out(verify_items) if verify_items else None
+    ref = reference(inputs.merged, inputs.tokenizer, inputs.chat, held_out) if held_out else None
+    for quant in quants:
+        path = write_gguf(
+            inputs, quant, out_dir / f"{inputs.source.name}-{quant.name}.gguf", result.notes
         )
-        artifact.verification = verification.as_dict()
-        check(verification, quant, result, path.name)
-    result.notes.append(f"llama-cli -m {path} -cnv   # or: llama-server -m {path}")
+        artifact = Artifact(path, f"model {quant.name}")
+        result.artifacts.append(artifact)
+        if held_out is not None and ref is not None:
+            verification = verify(
+                path,
+                inputs.tokenizer,
+                inputs.chat,
+                inputs.vocab.add_bos,
+                held_out,
+                ref,
+                inputs.merged,
+            )
+            artifact.verification = verification.as_dict()
+            check(verification, quant, result, path.name)
+        result.notes.append(f"llama-cli -m {path} -cnv   # or: llama-server -m {path}")
     return result

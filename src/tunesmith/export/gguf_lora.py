@@ -108,7 +108,9 @@ def export_gguf_lora(inputs: ExportInputs, quant: Quant, *, verify_items: int) -
     shipped = bundled_base_gguf(inputs.model_name)
     if shipped is not None:
         bases.append((f"shipped {shipped.name}", shipped))
-    exported = write_gguf(inputs, quant, out_dir / f"base-{quant.name}.gguf", merged=False)
+    exported = write_gguf(
+        inputs, quant, out_dir / f"base-{quant.name}.gguf", result.notes, merged=False
+    )
     result.artifacts.append(Artifact(exported, "base"))
     bases.append((f"exported base {quant.name}", exported))
     if verify_items:

@@ -77,7 +77,7 @@ def modelfile(model_file: str, chat: ChatFormat, stop_texts: list[str], system: 
 
 def export_ollama(inputs: ExportInputs, quant: Quant, *, verify_items: int) -> ExportResult:
     out_dir = inputs.source.out_dir("ollama")
-    gguf_result = export_gguf(inputs, quant, verify_items=verify_items, out_dir=out_dir)
+    gguf_result = export_gguf(inputs, [quant], verify_items=verify_items, out_dir=out_dir)
     model = gguf_result.artifacts[0]
     tokenizer = inputs.tokenizer
     stops = [tokenizer.convert_ids_to_tokens(i) for i in inputs.chat.end_of_turn_ids]

@@ -61,7 +61,7 @@ def encode(array: np.ndarray, quant: Quant) -> tuple[np.ndarray, gguf.GGMLQuanti
     return gguf.quants.quantize(data, kind), kind
 
 
-def requantize_with_llama_cpp(source: Path, target: Path, quant: Quant) -> None:
+def requantize_with_llama_cpp(source: Path, target: Path, quant: Quant) -> str | None:
     """llama.cpp's quantizer, in-process through llama-cpp-python (compiled once by pip at
     install time; nothing is cloned or compiled here)."""
     try:

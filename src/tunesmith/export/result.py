@@ -23,6 +23,10 @@ class Artifact:
         return self.path.stat().st_size if self.path.is_file() else _tree_size(self.path)
 
 
+def _shown(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def _tree_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -37,22 +41,21 @@ class ExportResult:
     """Lines for the summary: the command to run, what matched training, …"""
 
     def record(self, run_export_dir: Path) -> Path:
-        """Merge this export's entry into `export/report.json` (one key per target)."""
+        """Merge this export into `export/report.json`: per target, one entry per file, so
+        exports of several quants (made at once or one by one) build one table."""
         path = run_export_dir / REPORT_NAME
         report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        report[self.target] = {
-            "artifacts": [
-                {
-                    "path": str(a.path.relative_to(run_export_dir)),
-                    "role": a.role,
-                    "size_bytes": a.size,
-                    "verification": a.verification,
-                }
-                for a in self.artifacts
-            ],
-            "warnings": self.warnings,
-            "notes": self.notes,
-        }
+        entry = report.get(self.target)
+        if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+            entry = report[self.target] = {"files": {}}
+        for artifact in self.artifacts:
+            entry["files"][_shown(artifact.path, run_export_dir)] = {
+                "role": artifact.role,
+                "size_bytes": artifact.size,
+                "verification": artifact.verification,
+            }
+        entry["warnings"] = self.warnings
+        entry["notes"] = self.notes
         staging = path.with_suffix(".json.tmp")
         staging.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         os.replace(staging, path)

@@ -146,7 +146,9 @@ def verify(
     *,
     lora: Path | None = None,
 ) -> Verification:
-    with load_gguf(gguf_path, lora=lora) as runtime:
+    with load_gguf(
+        gguf_path, lora=lora, n_ctx=min(1024, model.config.max_position_embeddings)
+    ) as runtime:
         texts = [
             tokenizer.apply_chat_template(
                 [{"role": m.role, "content": m.content} for m in p],
