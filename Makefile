@@ -12,7 +12,7 @@ PARALLEL ?= -n 2 --dist loadfile
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast lint format bench browser clean
+.PHONY: install demo test test-fast lint format bench browser golang clean
 
 install: $(STAMP)
 
@@ -34,12 +34,21 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not installed: the report-rendering test will be skipped"; fi; }
 
+# Go's text/template (the engine of Ollama's TEMPLATE) renders the exported Modelfile in its test.
+golang:
+	@command -v go >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; \
+	  else echo "go not installed: the Ollama template test will be skipped"; fi; }
+
 demo: install
 	$(BIN)/python examples/demo.py
 
 # Once `browser` has put Chromium on PATH, its report test must run: a missing browser fails.
-test: install browser
-	TUNESMITH_REQUIRE_BROWSER=$$(command -v chromium >/dev/null 2>&1 && echo 1 || echo 0) $(BIN)/pytest -q $(PARALLEL)
+test: install browser golang
+	TUNESMITH_REQUIRE_BROWSER=$$(command -v chromium >/dev/null 2>&1 && echo 1 || echo 0) \
+	TUNESMITH_REQUIRE_GO=$$(command -v go >/dev/null 2>&1 && echo 1 || echo 0) \
+	TUNESMITH_REQUIRE_LLAMA_CPP=1 $(BIN)/pytest -q $(PARALLEL)
 
 test-fast: install
 	$(BIN)/pytest -q $(PARALLEL) -m "not e2e"
