@@ -386,6 +386,7 @@ def export(
     verify_items: int = 20,
     trust_remote_code: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write the run for llama.cpp/Ollama/HF/vLLM under `RUN_DIR/export/<target>/` and prove
     the files in their runtime on the run's held-out prompts (``verify_items=0`` skips)."""
@@ -398,6 +399,7 @@ def export(
         verify_items=verify_items,
         trust_remote_code=trust_remote_code,
         on_notice=on_notice or console_warning,
+        on_progress=on_progress,
     )
 
 

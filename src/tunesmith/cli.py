@@ -281,6 +281,7 @@ def export_command(
         verify_items=0 if no_verify else verify_items,
         trust_remote_code=trust_remote_code,
         on_notice=_print_notice,
+        on_progress=lambda line: console.print(f"  {escape(line)} …", highlight=False),
     )
     print_export_summary(result, console)
 

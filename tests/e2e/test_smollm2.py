@@ -63,6 +63,26 @@ def test_lora_on_smollm2_trains_saves_and_answers(tmp_path: Path) -> None:
     )  # fmt: skip
     assert answer.returncode == 0, answer.stderr[-3000:]
     assert len(answer.stdout.strip()) > 0
+    _export_runs_in_llama_cpp(run_dir, tmp_path)
+
+
+def _export_runs_in_llama_cpp(run_dir: Path, cwd: Path) -> None:
+    """The adapter as a GGUF LoRA, on the shipped Q4_1 file and on an F16 export of the base,
+    each loaded by llama.cpp and held to transformers on held-out prompts."""
+    pytest.importorskip("llama_cpp")
+    exported = tunesmith(
+        "export", str(run_dir), "--to", "gguf-lora", "--verify-items", "3", cwd=cwd
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    report = json.loads((run_dir / "export" / "report.json").read_text())["gguf-lora"]
+    checks = [f["verification"] for f in report["files"].values() if f["verification"]]
+    assert len(checks) == 2  # the shipped Q4_1 base and the exported F16 base
+    for check in checks:
+        assert check["tokenizer_identical"] == check["prompts"] == 3
+        assert check["top1_agreement"] > 0.9
+    f16 = next(c for c in checks if c["base"].endswith("base-f16.gguf"))
+    assert f16["replies_identical"] == 3, f16
+    assert "closest to training" in exported.stdout
 
 
 SHORT_GENERAL_TEXT = (
@@ -142,3 +162,23 @@ def test_prompt_tuning_on_smollm2_evaluates_with_its_virtual_tokens(tmp_path: Pa
     forgetting = results["forgetting"]
     assert forgetting["base_perplexity"] != forgetting["fine_tuned_perplexity"]
     assert all(len(outputs) == 4 for outputs in results["outputs"].values())
+
+
+def test_gguf_tensor_layout_matches_the_shipped_file() -> None:
+    """Our HF→GGUF rope row order, checked against the GGUF file SmolLM2 ships as: the
+    safetensors copy came from it through transformers, so reordering them back must give
+    the shipped (dequantized) tensors."""
+    import gguf
+    from safetensors.torch import load_file
+
+    from tunesmith.export.llama_layout import rope_rows_to_pairs
+    from tunesmith.models.bundled import ensure_converted, gguf_path
+
+    shipped = gguf.GGUFReader(gguf_path("smollm2-135m-instruct"))
+    tensors = {t.name: t for t in shipped.tensors}
+    weights = load_file(ensure_converted("smollm2-135m-instruct") / "model.safetensors")
+    for ours, theirs, heads in (("q_proj", "attn_q", 9), ("k_proj", "attn_k", 3)):
+        tensor = tensors[f"blk.0.{theirs}.weight"]
+        expected = gguf.dequantize(tensor.data, tensor.tensor_type).reshape(tensor.shape[::-1])
+        mine = rope_rows_to_pairs(weights[f"model.layers.0.self_attn.{ours}.weight"].numpy(), heads)
+        assert abs(mine - expected).max() < 1e-6

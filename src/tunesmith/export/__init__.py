@@ -35,6 +35,7 @@ def export_run(
     verify_items: int = 20,
     trust_remote_code: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Write one target and verify it; ``verify_items=0`` skips the runtime checks."""
     target = check_target(target)
@@ -54,7 +55,9 @@ def export_run(
     if target in GGUF_TARGETS and verify_items and not llama_cpp_available():
         notice(f"llama.cpp is not installed, so the GGUF is not verified: {INSTALL_HINT}.")
         verify_items = 0
-    inputs = ExportInputs.load(source, trust_remote_code=trust_remote_code)
+    say = on_progress or (lambda _line: None)
+    say(f"loading {source.name} (base + final/, checked against its manifest)")
+    inputs = ExportInputs.load(source, trust_remote_code=trust_remote_code, say=say)
     for line in inputs.trained.notices:
         notice(line)
     result = _dispatch(inputs, target, chosen, verify_items)

@@ -51,6 +51,8 @@ def _write(
     kind: str,
     notes: list[str],
 ) -> Path:
+    inputs.say(f"writing {target.name} ({kind}, {quant.name})")
+
     def write(path: Path) -> None:
         write_model_gguf(
             path,
@@ -108,7 +110,10 @@ def export_gguf(
     out_dir = out_dir or inputs.source.out_dir("gguf")
     result = ExportResult("gguf", out_dir)
     held_out = inputs.held_out(verify_items) if verify_items else None
-    ref = reference(inputs.merged, inputs.tokenizer, inputs.chat, held_out) if held_out else None
+    ref = None
+    if held_out:
+        inputs.say(f"transformers' greedy replies to {len(held_out.prompts)} held-out prompts")
+        ref = reference(inputs.merged, inputs.tokenizer, inputs.chat, held_out)
     for quant in quants:
         path = write_gguf(
             inputs, quant, out_dir / f"{inputs.source.name}-{quant.name}.gguf", result.notes
@@ -116,6 +121,7 @@ def export_gguf(
         artifact = Artifact(path, f"model {quant.name}")
         result.artifacts.append(artifact)
         if held_out is not None and ref is not None:
+            inputs.say(f"checking {path.name} in llama.cpp on {len(held_out.prompts)} prompts")
             verification = verify(
                 path,
                 inputs.tokenizer,

@@ -129,9 +129,11 @@ def _verify_bases(
     result: ExportResult,
 ) -> None:
     held_out = inputs.held_out(items)
+    inputs.say(f"transformers' greedy replies to {len(held_out.prompts)} held-out prompts")
     ref = reference(inputs.merged, inputs.tokenizer, inputs.chat, held_out)
     scores = []
     for label, path in bases:
+        inputs.say(f"checking the adapter on the {label} in llama.cpp")
         verification = verify(
             path,
             inputs.tokenizer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -70,11 +70,15 @@ def _prompt_items(config: RunConfig) -> list[Conversation]:
 class ExportInputs:
     source: ExportSource
     trained: TrainedModel
+    say: Notice = field(default=lambda _line: None)
+    """Where progress lines go (the CLI prints them; long steps announce themselves)."""
 
     @classmethod
-    def load(cls, source: ExportSource, *, trust_remote_code: bool = False) -> ExportInputs:
+    def load(
+        cls, source: ExportSource, *, trust_remote_code: bool = False, say: Notice | None = None
+    ) -> ExportInputs:
         trained = load_trained(source.run_dir, trust_remote_code=trust_remote_code, device="cpu")
-        return cls(source=source, trained=trained)
+        return cls(source=source, trained=trained, say=say or (lambda _line: None))
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:

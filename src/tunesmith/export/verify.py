@@ -9,6 +9,7 @@ run's task metric on the test prompts, llama.cpp tokens/s and perplexity on gene
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ class Reference:
     metric: float
     perplexity: float
     stop_ids: list[int]
+    tokens_per_second: float
+    """transformers' greedy decoding speed on the same prompts, one at a time."""
 
 
 def _decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
@@ -97,7 +100,9 @@ def reference(
 ) -> Reference:
     stop = list(chat.end_of_turn_ids)
     prompt_ids = [prompt_token_ids(tokenizer, p) for p in held_out.prompts]
+    started = time.perf_counter()
     reply_ids = [_hf_greedy(model, ids, held_out.max_new_tokens, stop) for ids in prompt_ids]
+    seconds = time.perf_counter() - started
     replies = [_decode(tokenizer, ids) for ids in reply_ids]
     text_ids = tokenizer(held_out.general_text, add_special_tokens=False).input_ids
     windows = _windows(text_ids, PERPLEXITY_WINDOW)[:4]
@@ -108,6 +113,7 @@ def reference(
         metric=compute_metric(held_out.metric, replies, held_out.references).value,
         perplexity=_perplexity(lambda w: _hf_logits(model, w), windows),
         stop_ids=stop,
+        tokens_per_second=sum(map(len, reply_ids)) / seconds if seconds else 0.0,
     )
 
 
@@ -126,6 +132,7 @@ class Verification:
     perplexity_llama_cpp: float
     perplexity_transformers: float
     tokens_per_second: float
+    transformers_tokens_per_second: float
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,13 +184,12 @@ def _measure(
         tokens, seconds = tokens + len(out), seconds + spent
     agree, positions, delta = 0, 0, 0.0
     for prompt, reply in zip(ref.prompt_ids, ref.reply_ids, strict=True):
+        # Every reply token's prediction and the one that ends the reply (its stop token).
         sequence = prompt + reply
-        if not reply:
-            continue
-        ours = runtime.logits(sequence)[len(prompt) - 1 : -1]
-        theirs = _hf_logits(model, sequence)[len(prompt) - 1 : -1]
+        ours = runtime.logits(sequence)[len(prompt) - 1 :]
+        theirs = _hf_logits(model, sequence)[len(prompt) - 1 :]
         agree += int((ours.argmax(axis=1) == theirs.argmax(axis=1)).sum())
-        positions += len(reply)
+        positions += len(ours)
         delta = max(delta, float(np.abs(ours - theirs).max()))
     text_ids = tokenizer(held_out.general_text, add_special_tokens=False).input_ids
     windows = _windows(text_ids, PERPLEXITY_WINDOW)[:4]
@@ -201,4 +207,5 @@ def _measure(
         perplexity_llama_cpp=_perplexity(runtime.logits, windows),
         perplexity_transformers=ref.perplexity,
         tokens_per_second=tokens / seconds if seconds else 0.0,
+        transformers_tokens_per_second=ref.tokens_per_second,
     )
