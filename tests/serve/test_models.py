@@ -148,3 +148,39 @@ def test_request_log_is_chat_training_data_and_rotates(tiny_runs, tmp_path: Path
         read = read_file(path)
         assert read.format == "chat" and len(read.records) >= 1
         assert not [p for p in read.problems if getattr(p, "severity", "error") == "error"]
+
+
+def test_requests_join_a_running_batch_between_decode_steps(server, monkeypatch) -> None:
+    """A request sent while another decodes is admitted into that running batch (the batch
+    held a row when it joined), and both answers equal their one-at-a-time answers."""
+    from tunesmith.serve.continuous import RunningBatch
+
+    client = openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0)
+    base = server.state.registry.models["alpha"].parent
+    long_alone = client.chat.completions.create(
+        model=base, messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=200,
+        temperature=0,
+    )  # fmt: skip
+    assert long_alone.choices[0].finish_reason == "length"  # it really decodes 200 steps
+    short_alone = _ask(client, "beta", PROMPTS[1])
+    admitted_beside: list[int] = []
+    admit = RunningBatch.admit
+
+    def recording_admit(self: RunningBatch, jobs: list) -> None:
+        admitted_beside.append(len(self))
+        admit(self, jobs)
+
+    monkeypatch.setattr(RunningBatch, "admit", recording_admit)
+    long_text: list[str] = []
+    thread = threading.Thread(
+        target=lambda: long_text.append(_ask(client, base, PROMPTS[0], max_tokens=200))
+    )
+    thread.start()
+    for _ in range(5000):
+        if admitted_beside:
+            break
+        threading.Event().wait(0.001)
+    short = _ask(client, "beta", PROMPTS[1])
+    thread.join(timeout=60)
+    assert admitted_beside == [0, 1]  # the short request joined the long one's batch
+    assert short == short_alone and long_text == [long_alone.choices[0].message.content]

@@ -29,6 +29,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from tunesmith.models.precision import Precision
+from tunesmith.serve.continuous import RunningBatch, left_padded, supports
 
 Emit = Callable[[tuple[Any, ...]], None]
 """Receives ("text", row, piece), ("done", row, finish_reason, tokens) or ("error", message)."""
@@ -156,17 +157,6 @@ class _RowsCriterion(StoppingCriteria):
         return torch.tensor([row.done for row in self.rows], device=input_ids.device)
 
 
-def left_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts right-aligned, as `tunesmith eval` batches them, with their attention mask."""
-    width = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[row, width - len(sequence) :] = 1
-    return input_ids, attention_mask
-
-
 class _Call:
     def __init__(self, function: Callable[[], object]) -> None:
         self.function = function
@@ -183,16 +173,20 @@ class _Call:
 
 
 class Decoder:
-    """The one thread that runs the models, between batches also loading and unloading runs.
+    """The one thread that runs the models, between steps also loading and unloading runs.
 
-    ``max_batch`` caps the rows decoded together; the rows of compatible waiting requests
-    (same module, same sampling) are taken in arrival order up to it.
+    Greedy requests decode in continuous batches (`tunesmith.serve.continuous`): one
+    running batch per module, which requests join between decode steps and leave when done.
+    Sampled requests (and modules whose generation config processes logits) are decoded by
+    ``generate`` in a batch of compatible waiting requests, as before. ``max_batch`` caps the
+    rows decoded together in either.
     """
 
     def __init__(self, max_batch: int = 8, on_batch: Callable[[list[Job]], None] | None = None):
         self.max_batch = max_batch
         self.on_batch = on_batch
         self._waiting: list[Job | _Call] = []
+        self._running: list[RunningBatch] = []
         self._ready = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="tunesmith-decoder", daemon=True)
@@ -208,7 +202,7 @@ class Decoder:
             return len(self._waiting)
 
     def call(self, function: Callable[[], object], timeout: float | None = None) -> object:
-        """Run ``function`` on the decoder thread between batches; blocks until it ran."""
+        """Run ``function`` on the decoder thread once the work before it is done."""
         item = _Call(function)
         with self._ready:
             self._waiting.append(item)
@@ -227,25 +221,84 @@ class Decoder:
     def _run(self) -> None:
         while True:
             with self._ready:
-                while not self._waiting and not self._stopping:
+                while not self._waiting and not self._running and not self._stopping:
                     self._ready.wait()
                 if self._stopping:
-                    for item in self._waiting:
-                        if isinstance(item, Job):
-                            item.fail("the server is shutting down")
+                    self._fail_everything("the server is shutting down")
                     return
-                first = self._waiting.pop(0)
-                batch = [first] if isinstance(first, Job) else []
-                if batch:
-                    self._take_compatible(batch)
-            if isinstance(first, _Call):
-                first.run()
+                call, joining, static = self._plan()
+            if call is not None:
+                call.run()
                 continue
             try:
-                self._decode(batch)
+                self._work(joining, static)
             except Exception as error:  # one bad batch must not stop the server
-                for job in batch:
-                    job.fail(f"generation failed: {type(error).__name__}: {error}")
+                message = f"generation failed: {type(error).__name__}: {error}"
+                for job in static or []:
+                    job.fail(message)
+                for running in self._running:
+                    running.fail(message)
+                self._running.clear()
+
+    def _work(
+        self, joining: list[tuple[RunningBatch, list[Job]]], static: list[Job] | None
+    ) -> None:
+        for running, jobs in joining:
+            if self.on_batch is not None:
+                self.on_batch(jobs)
+            if running not in self._running:
+                self._running.append(running)
+            running.admit(jobs)
+        if static:
+            self._decode(static)
+        for running in list(self._running):
+            if len(running):
+                running.step()
+            if not len(running):
+                self._running.remove(running)
+
+    def _plan(self) -> tuple[_Call | None, list[tuple[RunningBatch, list[Job]]], list[Job] | None]:
+        """Under the lock: greedy jobs join their module's running batch while it has room;
+        the first other job starts a ``generate`` batch; a load or unload runs once nothing
+        before it is left (it is never overtaken)."""
+        joining: dict[int, tuple[RunningBatch, list[Job]]] = {}
+        static: list[Job] | None = None
+        for item in list(self._waiting):
+            if isinstance(item, _Call):
+                break
+            if not (item.sampling.greedy and supports(item.module)):
+                if static is None:
+                    static = [item]
+                    self._waiting.remove(item)
+                    self._take_compatible(static)
+                continue
+            running = self._batch_for(item, joining)
+            planned = len(running) + sum(
+                len(j.rows) for j in joining.get(id(running), (None, []))[1]
+            )
+            if planned + len(item.rows) <= self.max_batch or planned == 0:
+                joining.setdefault(id(running), (running, []))[1].append(item)
+                self._waiting.remove(item)
+        head = self._waiting[0] if self._waiting else None
+        if isinstance(head, _Call) and not self._running and not joining and static is None:
+            self._waiting.pop(0)
+            return head, [], None
+        return None, list(joining.values()), static
+
+    def _batch_for(
+        self, job: Job, joining: dict[int, tuple[RunningBatch, list[Job]]]
+    ) -> RunningBatch:
+        for running in [*self._running, *(r for r, _ in joining.values())]:
+            if running.fits(job):
+                return running
+        return RunningBatch(job.module, job.precision, job.pad_id, job.adapter is not None)
+
+    def _fail_everything(self, message: str) -> None:
+        for item in self._waiting:
+            if isinstance(item, Job):
+                item.fail(message)
+        for running in self._running:
+            running.fail(message)
 
     def _take_compatible(self, batch: list[Job]) -> None:
         first = batch[0]
