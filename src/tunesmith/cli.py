@@ -391,9 +391,6 @@ def serve(
     from tunesmith.serve import Limits
 
     limits = Limits(requests_per_minute=requests_per_minute, max_tokens=max_tokens)
-    if jobs:
-        limits = Limits(requests_per_minute=requests_per_minute, max_tokens=max_tokens,
-                        max_body_bytes=100_000_000)  # fmt: skip
     api.serve(
         run_dirs or [], host=host, port=port, api_key_file=api_key_file,
         insecure_no_auth=insecure_no_auth, max_batch=max_batch, log_requests=log_requests,

@@ -19,7 +19,7 @@ def attach_jobs(
     """Jobs may fine-tune the bundled model, the bases of the served runs and
     ``base_models`` (id → name or dir, chosen by whoever starts the server)."""
     bases = {name: name for name in BUNDLED_MODELS}
-    for key in state.registry._bases:
+    for key in state.registry.base_names():
         bases[base_model_id(key)] = key
     bases.update(base_models or {})
     state.jobs = JobsState(store=Store(workspace), base_models=bases)
