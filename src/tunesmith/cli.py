@@ -380,7 +380,8 @@ def serve(
     requests_per_minute: Annotated[int, typer.Option(help="Rate limit per API key.")] = 600,
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 2048,
     jobs: Annotated[
-        bool, typer.Option(help="Also serve /v1/files and /v1/fine_tuning/jobs, with a worker.")
+        bool,
+        typer.Option(help="Also serve files, fine-tuning jobs (a worker) and the dashboard at /."),
     ] = False,
     workspace: Annotated[
         Path, typer.Option(help="Where --jobs keeps its store, uploads and runs.")

@@ -152,7 +152,9 @@ def _run_file_routes(app: FastAPI, state: Any) -> None:
         run = _run(state, job_id)
         if run is None or not run.data_report.is_file():
             return _not_found("data report")
-        return FileResponse(run.data_report, media_type="application/json")
+        text = run.data_report.read_text(encoding="utf-8")
+        return Response(without_server_paths(state.jobs.store, job_id, text),
+                        media_type="application/json")  # fmt: skip
 
     @app.get("/jobs/{job_id}/curve", include_in_schema=False)
     async def loss_curve(job_id: str) -> Response:
@@ -160,6 +162,18 @@ def _run_file_routes(app: FastAPI, state: Any) -> None:
         if run is None:
             return _not_found("job")
         return JSONResponse(read_curve(state.jobs.store, job_id, run.metrics))
+
+
+def without_server_paths(store: Any, job_id: str, text: str) -> str:
+    """The data report as the uploader knows it: our path of each uploaded file becomes
+    the name it was uploaded under, and the workspace never shows (promise S4)."""
+    body = json.loads(store.job(job_id)["body"])
+    for key in ("training_file", "validation_file"):
+        rows = store.query("SELECT * FROM files WHERE id = ?", (body.get(key),))
+        if rows:
+            path = json.dumps(str(store.file_path(rows[0])))[1:-1]
+            text = text.replace(path, json.dumps(rows[0]["filename"])[1:-1])
+    return text.replace(json.dumps(str(store.workspace.root))[1:-1], "<workspace>")
 
 
 def read_curve(store: Any, job_id: str, metrics: Path) -> dict[str, list[list[float]]]:
