@@ -75,3 +75,22 @@ def test_serve_jobs_from_the_command_line(tmp_path: Path, serve_base_dir: Path) 
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
     assert code in (0, -signal.SIGTERM)
+    _wait_gone(str(tmp_path / "workspace"))
+
+
+def _wait_gone(workspace: str, timeout: float = 15) -> None:
+    """No process (the server's worker, its training child) is left on the workspace."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _mentions(p, workspace)]
+        if not left:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"processes left running on {workspace}: {left}")
+
+
+def _mentions(cmdline: Path, text: str) -> bool:
+    try:
+        return text.encode() in cmdline.read_bytes()
+    except OSError:  # the process ended meanwhile
+        return False

@@ -39,8 +39,8 @@ from tunesmith.runs import RunPaths
 POLL_SECONDS = 0.5
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGKILL when the worker dies, like the worker's own crash."""
+def die_with_parent() -> None:
+    """Linux: this child gets SIGKILL when its parent dies, like the parent's own crash."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -134,7 +134,7 @@ class Worker:
         log = (run_dir / "job.log").open("ab")
         child = subprocess.Popen(
             [sys.executable, "-m", "tunesmith.jobs.child", str(run_dir)],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )  # fmt: skip
         watcher = RunWatcher(self.store, job_id, run_dir, total_steps)
         signalled = False
