@@ -15,6 +15,11 @@ from ..serve.conftest import API_KEY
 from .conftest import LEARNING_RATE_MULTIPLIER, TINY_OVERRIDES, facts_file
 
 ANSWERS = {answer for _, answer in FACTS}
+EVALUATED = [  # the tiny job with a test split and a short evaluation, for its report.html
+    *(o for o in TINY_OVERRIDES if not o.startswith(("eval.enabled", "data.split"))),
+    "data.split=[0.7,0.15,0.15]", "eval.enabled=true", "eval.max_items=4",
+    "eval.max_new_tokens=8", "eval.k_shot=1",
+]  # fmt: skip
 
 
 def _shot(page, name: str, out: Path) -> None:
@@ -47,7 +52,7 @@ def _upload_and_start(page, root: str, tmp_path: Path, out: Path) -> str:
     page.fill("#lr-multiplier", str(LEARNING_RATE_MULTIPLIER))
     page.fill("#suffix", "dash")
     page.fill("#seed", "3")
-    page.fill("#overrides", "\n".join(TINY_OVERRIDES))
+    page.fill("#overrides", "\n".join(EVALUATED))
     _shot(page, "new-job", out)
     page.click("#create-job")
     page.wait_for_url(root + "/jobs/ftjob-*")
@@ -68,6 +73,9 @@ def _watch_until_succeeded(page, out: Path) -> None:
     assert page.is_disabled("#cancel") and page.is_disabled("#pause")
     page.wait_for_selector("#data-report table")
     page.wait_for_selector("#side-form:not([hidden])")
+    page.wait_for_selector("#report:not([hidden])")
+    report = page.frame_locator("#report")
+    assert "fine-tuned" in report.locator("table.comparison thead").inner_text()
     _shot(page, "job", out)
 
 
@@ -94,6 +102,10 @@ def test_log_in_upload_train_watch_and_chat(jobs_server, worker, tmp_path: Path)
             _log_in(page, root, out)
             job_id = _upload_and_start(page, root, tmp_path, out)
             _watch_until_succeeded(page, out)
+            page.goto(root + f"/jobs/{job_id}/report")  # the run's report.html on its own
+            assert page.locator("table.comparison tbody tr").count() >= 1
+            _shot(page, "report", out)
+            page.go_back()
             fine_tuned = f"ft:tiny:local:dash:{job_id}"
             assert fine_tuned in page.inner_text("#job-summary")
             answers = _ask_both(page, "#side-prompt", "#side-form button", "capital of France? (0)")
