@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from tunesmith.jobs.server import attach_jobs
 from tunesmith.serve import Limits, build_state, start_in_background
@@ -60,6 +61,33 @@ def test_pages_send_a_browser_without_a_session_to_the_login(browser: httpx.Clie
         login.status_code == 200
         and "default-src 'none'" in login.headers["content-security-policy"]
     )
+
+
+def _api_routes(routes: list) -> Iterator[APIRoute]:
+    """Every route, also those of an included router (FastAPI wraps it in one entry)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):
+            yield from _api_routes(route.original_router.routes)
+
+
+def test_no_route_of_the_jobs_server_answers_without_a_key_or_session(
+    server: BackgroundServer, browser: httpx.Client
+) -> None:
+    routes = list(_api_routes(server.server.config.app.routes))
+    assert len(routes) >= 30  # serve's, the files and jobs routes, the dashboard's
+    for route in routes:
+        path = route.path.replace("{model_id:path}", "m").replace("{job_id}", "ftjob-0")
+        path = path.replace("{file_id}", "file-0")
+        for method in route.methods:
+            answer = browser.request(method, path)
+            if path in ("/health", "/login"):
+                assert answer.status_code in (200, 303, 403), (method, path)  # open by design
+            elif method == "GET" and answer.status_code == 303:
+                assert answer.headers["location"] == "/login", path  # a page: to the login
+            else:
+                assert answer.status_code == 401, (method, path, answer.status_code)
 
 
 def test_login_exchanges_the_key_for_an_http_only_strict_cookie(browser: httpx.Client) -> None:
