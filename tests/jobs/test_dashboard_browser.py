@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium: log in, upload, start a job on the tiny model,
-watch it succeed with its loss curve, ask the fine-tuned model and its base, compare.
+watch it succeed with its loss curve, ask the fine-tuned model and its base, compare;
+pause, resume and cancel a long job with the job page's buttons.
 
 Every page's screenshot must show something, and the browser may ask nothing of any
 origin but this server (no CDN, no network).
@@ -8,6 +9,8 @@ origin but this server (no CDN, no network).
 from __future__ import annotations
 
 from pathlib import Path
+
+from openai import OpenAI
 
 from ..browser import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip, is_blank
 from ..conftest import FACTS
@@ -86,6 +89,24 @@ def _ask_both(page, prompt_selector: str, submit: str, text: str) -> list[str]:
     return page.locator(".answer .answer-text").all_inner_texts()
 
 
+def _pause_resume_cancel(page, root: str, client: OpenAI, file_id: str) -> None:
+    """The job page's buttons on a long job: pause → paused, resume → running, cancel."""
+    long = [*TINY_OVERRIDES, "train.max_steps=400", "train.save_every=10"]
+    job = client.fine_tuning.jobs.create(
+        model="tiny", training_file=file_id, extra_body={"tunesmith": {"overrides": long}}
+    )
+    page.goto(root + f"/jobs/{job.id}")
+    page.wait_for_selector("body[data-status=running]", timeout=60_000)
+    page.click("#pause")
+    page.wait_for_selector("body[data-status=paused]", timeout=60_000)
+    assert page.is_enabled("#resume") and page.is_disabled("#pause")
+    page.click("#resume")
+    page.wait_for_selector("body[data-status=running]", timeout=60_000)
+    page.click("#cancel")
+    page.wait_for_selector("body[data-status=cancelled]", timeout=60_000)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
 def test_log_in_upload_train_watch_and_chat(jobs_server, worker, tmp_path: Path) -> None:
     chromium_or_skip("drive the dashboard")
     from playwright.sync_api import sync_playwright
@@ -135,6 +156,10 @@ def test_log_in_upload_train_watch_and_chat(jobs_server, worker, tmp_path: Path)
                 ".then(r => r.status)", job_id,
             )  # fmt: skip
             assert refused == 403  # a POST without the CSRF token, even with the cookie
+
+            client = OpenAI(base_url=jobs_server.base_url, api_key=API_KEY, max_retries=0)
+            file_id = client.fine_tuning.jobs.retrieve(job_id).training_file
+            _pause_resume_cancel(page, root, client, file_id)
         finally:
             browser.close()
     assert all(url.startswith((root, "data:")) for url in requested), [
