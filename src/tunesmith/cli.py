@@ -417,7 +417,8 @@ def serve(
     requests_per_minute: Annotated[int, typer.Option(help="Rate limit per API key.")] = 600,
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 2048,
     jobs: Annotated[
-        bool, typer.Option(help="Also serve /v1/files and /v1/fine_tuning/jobs, with a worker.")
+        bool,
+        typer.Option(help="Also serve files, fine-tuning jobs (a worker) and the dashboard at /."),
     ] = False,
     workspace: Annotated[
         Path, typer.Option(help="Where --jobs keeps its store, uploads and runs.")
@@ -428,9 +429,6 @@ def serve(
     from tunesmith.serve import Limits
 
     limits = Limits(requests_per_minute=requests_per_minute, max_tokens=max_tokens)
-    if jobs:
-        limits = Limits(requests_per_minute=requests_per_minute, max_tokens=max_tokens,
-                        max_body_bytes=100_000_000)  # fmt: skip
     api.serve(
         run_dirs or [], host=host, port=port, api_key_file=api_key_file,
         insecure_no_auth=insecure_no_auth, max_batch=max_batch, log_requests=log_requests,

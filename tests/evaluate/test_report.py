@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,16 +16,7 @@ from tunesmith.evaluate.report import (
     write_report,
 )
 
-CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from ..browser import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
 
 
 def _metrics_jsonl(path: Path) -> Path:
@@ -98,23 +87,8 @@ def test_report_without_training_metrics_or_forgetting(tmp_path: Path, make_conv
     assert not (tmp_path / "loss_curves.png").exists()
 
 
-REQUIRE_BROWSER_ENV = "TUNESMITH_REQUIRE_BROWSER"
-"""Set to 1 by `make test` after `make browser`: then a missing Chromium fails the test."""
-
-
-def _chromium_or_skip() -> None:
-    if CHROMIUM.exists():
-        return
-    message = (
-        "/usr/bin/chromium is absent; install it (make browser, or apt-get install -y chromium)"
-    )
-    if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
-        pytest.fail(f"{message}: {REQUIRE_BROWSER_ENV}=1 says the browser must be there")
-    pytest.skip(message + " to render the report")
-
-
 def test_report_renders_in_headless_chromium(tmp_path: Path, make_conversation) -> None:
-    _chromium_or_skip()
+    chromium_or_skip("render the report")
     from playwright.sync_api import sync_playwright
 
     items, systems, comparison = _comparison_inputs(make_conversation)

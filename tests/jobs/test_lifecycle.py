@@ -33,6 +33,13 @@ def test_upload_train_and_chat_with_the_fine_tuned_model(
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model == f"ft:tiny:local:facts:{job.id}"
     assert done.trained_tokens and done.trained_tokens > 0
+    (results,) = done.result_files  # the per-step metrics, as OpenAI's result file
+    assert client.files.retrieve(results).purpose == "fine-tune-results"
+    rows = client.files.content(results).text.splitlines()
+    assert rows[0] == "step,train_loss,valid_loss,learning_rate,tokens,epoch"
+    assert [int(row.split(",")[0]) for row in rows[1:]] == list(range(41))
+    assert rows[1].split(",")[1:3][0] == "" and rows[1].split(",")[2]  # step 0: validation only
+    assert all(row.split(",")[1] for row in rows[2:])  # every step logged its training loss
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     metrics = [e for e in events if e.type == "metrics"]
     assert {e.data["step"] for e in metrics} == set(range(1, 41))

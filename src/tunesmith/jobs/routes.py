@@ -28,6 +28,9 @@ from tunesmith.jobs.store import SUFFIXES, Store, new_id
 from tunesmith.serve.errors import APIError
 
 CHUNK = 1 << 16
+UPLOAD_PATH = "/v1/files"
+MULTIPART_SLACK = 1 << 20
+"""Room for the multipart framing and the ``purpose`` field around the file's bytes."""
 
 
 @dataclass
@@ -40,6 +43,11 @@ class JobsState:
     max_upload_bytes: int = 100_000_000
     published: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def upload_body_cap(jobs: JobsState) -> int:
+    """The body cap of the upload route alone; every other route keeps serve's cap."""
+    return jobs.max_upload_bytes + MULTIPART_SLACK
 
 
 def mount_jobs(app: FastAPI, serve_state: Any, jobs: JobsState) -> None:
@@ -82,7 +90,7 @@ def _suffix(filename: str) -> str:
 def _file_routes(router: APIRouter, jobs: JobsState) -> None:
     store = jobs.store
 
-    @router.post("/v1/files")
+    @router.post(UPLOAD_PATH)
     async def create_file(request: Request) -> dict[str, Any]:
         form = await request.form()
         purpose, upload = form.get("purpose"), form.get("file")

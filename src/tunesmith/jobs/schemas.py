@@ -137,7 +137,7 @@ def job_object(row: sqlite3.Row) -> dict[str, Any]:
         "error": _loads(row["error"]),
         "hyperparameters": shown,
         "method": method,
-        "result_files": [],
+        "result_files": _loads(row["result_files"]) or [],
         "trained_tokens": row["trained_tokens"],
         "training_file": body["training_file"],
         "validation_file": body.get("validation_file"),

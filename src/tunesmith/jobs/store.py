@@ -8,6 +8,7 @@ extension from a fixed list, never from anything a request sent (promise S4).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import sqlite3
@@ -33,7 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, created_at INTEGER, body TEXT,
   status TEXT, error TEXT, fine_tuned_model TEXT, finished_at INTEGER,
   estimated_finish INTEGER, trained_tokens INTEGER, control TEXT,
-  lease_owner TEXT, lease_expires REAL);
+  lease_owner TEXT, lease_expires REAL, result_files TEXT);
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, job_id TEXT, created_at INTEGER,
   level TEXT, message TEXT, type TEXT, data TEXT);
@@ -86,6 +87,14 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since a workspace was made (its jobs keep their rows)."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "result_files" not in columns:
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                self._db.execute("ALTER TABLE jobs ADD COLUMN result_files TEXT")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -270,7 +279,7 @@ class Store:
 
 _JOB_FIELDS = frozenset(
     {"status", "error", "fine_tuned_model", "finished_at", "estimated_finish", "trained_tokens",
-     "control", "lease_owner", "lease_expires"}
+     "control", "lease_owner", "lease_expires", "result_files"}
 )  # fmt: skip
 
 
@@ -280,7 +289,7 @@ def _update(db: sqlite3.Connection, job_id: str, fields: dict[str, Any]) -> None
         raise KeyError(f"not a job field: {sorted(unknown)}")
     if not fields:
         return
-    values = [json.dumps(v) if isinstance(v, dict) else v for v in fields.values()]
+    values = [json.dumps(v) if isinstance(v, dict | list) else v for v in fields.values()]
     assignments = ", ".join(f"{name} = ?" for name in fields)
     db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
 

@@ -31,6 +31,7 @@ from tunesmith.engine.signals import STOPPED_BY_SIGNAL_EXIT_CODE
 from tunesmith.jobs.child import ERROR_FILE
 from tunesmith.jobs.configure import run_config
 from tunesmith.jobs.progress import RunWatcher
+from tunesmith.jobs.results import add_result_file
 from tunesmith.jobs.schemas import fine_tuned_model_name
 from tunesmith.jobs.store import Store, new_id
 from tunesmith.runs import RunPaths
@@ -38,8 +39,8 @@ from tunesmith.runs import RunPaths
 POLL_SECONDS = 0.5
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGKILL when the worker dies, like the worker's own crash."""
+def die_with_parent() -> None:
+    """Linux: this child gets SIGKILL when its parent dies, like the parent's own crash."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -133,7 +134,7 @@ class Worker:
         log = (run_dir / "job.log").open("ab")
         child = subprocess.Popen(
             [sys.executable, "-m", "tunesmith.jobs.child", str(run_dir)],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )  # fmt: skip
         watcher = RunWatcher(self.store, job_id, run_dir, total_steps)
         signalled = False
@@ -156,10 +157,11 @@ class Worker:
         if code == 0:
             body = json.loads(job["body"])
             name = fine_tuned_model_name(body["model"], body.get("suffix"), job_id)
+            results = add_result_file(self.store, watcher.records)
             self.store.set_job(
                 job_id, f"New fine-tuned model created: {name}", status="succeeded",
                 fine_tuned_model=name, finished_at=now, estimated_finish=None,
-                trained_tokens=watcher.tokens_seen,
+                trained_tokens=watcher.tokens_seen, result_files=[results],
             )  # fmt: skip
         elif code == STOPPED_BY_SIGNAL_EXIT_CODE and job["control"] == "pause":
             self.store.set_job(job_id, "Job paused at a checkpoint", status="paused",

@@ -57,6 +57,8 @@ class ServerState:
     request_log: RequestLog | None = None
     jobs: Any = None
     """A `tunesmith.jobs.routes.JobsState` when serving with ``--jobs``."""
+    sessions: Any = None
+    """The dashboard's `tunesmith.dashboard.sessions.Sessions` (with ``--jobs``)."""
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -65,14 +67,19 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.serve = state
     _install_error_handlers(app)
     _add_routes(app, state)
+    body_caps: dict[str, int] = {}
     if state.jobs is not None:
-        from tunesmith.jobs.routes import mount_jobs
+        from tunesmith.dashboard import mount_dashboard
+        from tunesmith.jobs.routes import UPLOAD_PATH, mount_jobs, upload_body_cap
 
         mount_jobs(app, state, state.jobs)
+        state.sessions = mount_dashboard(app, state)
+        body_caps[UPLOAD_PATH] = upload_body_cap(state.jobs)
     limiter = RateLimiter(state.limits.requests_per_minute)
     app.add_middleware(
-        Guard, keys=state.keys, limiter=limiter, max_body_bytes=state.limits.max_body_bytes
-    )
+        Guard, keys=state.keys, limiter=limiter, max_body_bytes=state.limits.max_body_bytes,
+        sessions=state.sessions, body_caps=body_caps,
+    )  # fmt: skip
     return app
 
 

@@ -156,6 +156,10 @@ class Registry:
     def get(self, model_id: str) -> ServedModel | None:
         return self.models.get(model_id)
 
+    def base_names(self) -> list[str]:
+        """The model names (bundled names or local dirs) of the bases loaded to serve runs."""
+        return list(self._bases)
+
     def add(self, run_dir: Path, name: str | None = None) -> list[ServedModel]:
         """Serve a run (and its base, the first time that base is needed); returns what
         became available."""

@@ -17,10 +17,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tunesmith.serve.errors import APIError, ServeError
 
@@ -28,6 +28,7 @@ OPEN_PATHS = frozenset({"/health"})
 """Liveness only: no model, no data, nothing a caller could learn from."""
 
 KEY_ENV = "TUNESMITH_API_KEY"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -139,32 +140,84 @@ def _error(status: int, message: str, code: str | None, headers: dict[str, str] 
     return payload, raw_headers
 
 
+class CookieSessions(Protocol):
+    """Browser sessions (the dashboard's): a cookie stands for a key that logged in."""
+
+    def is_open(self, path: str) -> bool: ...
+    def identify(self, headers: dict[str, str]) -> str | None: ...
+    def csrf_ok(self, headers: dict[str, str]) -> bool: ...
+    def wants_login(self, method: str, path: str) -> bool: ...
+
+
+def cross_origin(headers: dict[str, str]) -> bool:
+    """A browser sent this from another site's page (``Origin`` is not this host)."""
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    return origin.partition("://")[2].rstrip("/") != headers.get("host", "")
+
+
 class Guard:
-    """ASGI middleware: API key, per-key rate limit and body-size cap, before any route runs."""
+    """ASGI middleware: API key (or a dashboard session with its CSRF token), per-key rate
+    limit and body-size cap, before any route runs. ``body_caps`` raises the cap for
+    the paths named (the file upload), every other path keeps ``max_body_bytes``."""
 
     def __init__(
-        self, app: ASGIApp, keys: KeyChecker, limiter: RateLimiter, max_body_bytes: int
-    ) -> None:
+        self, app: ASGIApp, keys: KeyChecker, limiter: RateLimiter, max_body_bytes: int,
+        sessions: CookieSessions | None = None, body_caps: Mapping[str, int] | None = None,
+    ) -> None:  # fmt: skip
         self.app = app
         self.keys = keys
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
+        self.sessions = sessions
+        self.body_caps = dict(body_caps or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        caller = "anonymous"
-        if self.keys.enabled:
-            scheme, _, presented = headers.get("authorization", "").partition(" ")
-            identity = self.keys.identify(presented.strip()) if scheme.lower() == "bearer" else None
-            if identity is None:
-                await _reply(send, 401, "Incorrect or missing API key: send "
-                             "`Authorization: Bearer <key>`.", "invalid_api_key")  # fmt: skip
-                return
-            caller = identity
+        unsafe = scope["method"] not in SAFE_METHODS
+        if unsafe and cross_origin(headers):
+            await _reply(send, 403, "Cross-site request refused.", "cross_origin")
+            return
+        if self.sessions is not None and self.sessions.is_open(path):
+            await self.app(scope, receive, send)
+            return
+        caller = await self._caller(scope, headers, send)
+        if caller is None:
+            return
         scope.setdefault("state", {})["caller"] = caller
+        await self._limited(scope, receive, send, headers, caller)
+
+    async def _caller(self, scope: Scope, headers: dict[str, str], send: Send) -> str | None:
+        """Who calls, or None once a refusal (401, login redirect, CSRF 403) has been sent."""
+        scheme, _, presented = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self.keys.enabled:
+            identity = self.keys.identify(presented.strip())
+            if identity is not None:
+                return identity
+        session = self.sessions.identify(headers) if self.sessions is not None else None
+        if session is not None:
+            if scope["method"] not in SAFE_METHODS and not self.sessions.csrf_ok(headers):
+                await _reply(send, 403, "Missing or wrong CSRF token: reload the page.",
+                             "csrf_failed")  # fmt: skip
+                return None
+            return session
+        if not self.keys.enabled:
+            return "anonymous"
+        if self.sessions is not None and self.sessions.wants_login(scope["method"],
+                                                                   scope["path"]):  # fmt: skip
+            await _redirect(send, "/login")
+            return None
+        await _reply(send, 401, "Incorrect or missing API key: send "
+                     "`Authorization: Bearer <key>`.", "invalid_api_key")  # fmt: skip
+        return None
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send,
+                       headers: dict[str, str], caller: str) -> None:  # fmt: skip
         allowed, remaining, wait = self.limiter.take(caller)
         limit_headers = {
             "x-ratelimit-limit-requests": str(self.limiter.per_minute),
@@ -176,13 +229,14 @@ class Guard:
             message = f"Rate limit reached: {self.limiter.per_minute} requests per minute."
             await _reply(send, 429, message, "rate_limit_exceeded", limit_headers)
             return
+        cap = self.body_caps.get(scope["path"], self.max_body_bytes)
         declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            await _reply(send, 413, f"Request body over {self.max_body_bytes} bytes.", None)
+        if declared is not None and (not declared.isdigit() or int(declared) > cap):
+            await _reply(send, 413, f"Request body over {cap} bytes.", None)
             return
-        await self.app(scope, self._capped(receive), send)
+        await self.app(scope, self._capped(receive, cap), send)
 
-    def _capped(self, receive: Receive) -> Receive:
+    def _capped(self, receive: Receive, cap: int) -> Receive:
         """A chunked body without Content-Length is counted as it arrives."""
         seen = 0
 
@@ -191,11 +245,17 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise APIError(413, f"Request body over {self.max_body_bytes} bytes.")
+                if seen > cap:
+                    raise APIError(413, f"Request body over {cap} bytes.")
             return message
 
         return capped
+
+
+async def _redirect(send: Send, location: str) -> None:
+    headers = [(b"location", location.encode()), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _reply(
