@@ -123,7 +123,7 @@ class RunningBatch:
             inputs["adapter_names"] = names
         with self.precision.autocast(self.device):
             output = self.module(use_cache=True, logits_to_keep=1, **inputs)
-        return output.logits[:, -1].float().argmax(dim=-1).cpu(), output.past_key_values
+        return output.logits[:, -1].float().argmax(dim=-1).cpu(), output.cache
 
     @torch.inference_mode()
     def admit(self, jobs: list[Job]) -> None:
@@ -139,7 +139,7 @@ class RunningBatch:
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
-            past_key_values=DynamicCache(),
+            cache=DynamicCache(),
         )
         if self.cache is None:
             self.cache, self.mask = cache, mask
@@ -161,7 +161,7 @@ class RunningBatch:
             input_ids=self.last.unsqueeze(-1).to(self.device),
             attention_mask=self.mask.to(self.device),
             position_ids=positions,
-            past_key_values=self.cache,
+            cache=self.cache,
         )
         self.last = tokens
         self._accept(tokens.tolist(), self.rows)
