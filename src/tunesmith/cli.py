@@ -415,6 +415,9 @@ def serve(
         Path | None, typer.Option(help="Write every chat request as JSONL here (off by default).")
     ] = None,
     requests_per_minute: Annotated[int, typer.Option(help="Rate limit per API key.")] = 600,
+    tokens_per_minute: Annotated[
+        int, typer.Option(help="Prompt + completion tokens per minute per API key.")
+    ] = 200_000,
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 2048,
     jobs: Annotated[
         bool,
@@ -428,7 +431,11 @@ def serve(
     from tunesmith import api
     from tunesmith.serve import Limits
 
-    limits = Limits(requests_per_minute=requests_per_minute, max_tokens=max_tokens)
+    limits = Limits(
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        max_tokens=max_tokens,
+    )
     api.serve(
         run_dirs or [], host=host, port=port, api_key_file=api_key_file,
         insecure_no_auth=insecure_no_auth, max_batch=max_batch, log_requests=log_requests,

@@ -95,6 +95,38 @@ def test_rate_limit_answers_429_with_retry_after(tiny_runs) -> None:
         assert httpx.get(srv.root_url + "/health").status_code == 200  # liveness is never limited
 
 
+def test_tokens_per_minute_limit_answers_429_with_token_headers(tiny_runs) -> None:
+    limits = Limits(tokens_per_minute=130)
+    with open_server(tiny_runs[:1], keys=[API_KEY], limits=limits) as srv:
+        client = openai.OpenAI(base_url=srv.base_url, api_key=API_KEY, max_retries=0)
+        ask = dict(model="alpha", messages=QUESTION, max_tokens=40)
+        client.chat.completions.create(**ask)  # 22 prompt + 40 of the 130 tokens
+        client.chat.completions.create(**ask)
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.chat.completions.create(**ask)
+        headers = limited.value.response.headers
+        assert headers["x-ratelimit-limit-tokens"] == "130"
+        assert int(headers["retry-after"]) >= 1
+        with pytest.raises(openai.RateLimitError, match="Request too large"):
+            client.chat.completions.create(model="alpha", messages=QUESTION, max_tokens=200)
+
+
+def test_a_runaway_template_times_out_and_the_server_goes_on(tiny_runs) -> None:
+    limits = Limits(template_seconds=0.2)
+    with open_server(tiny_runs, limits=limits) as srv:
+        slow = srv.state.registry.models["beta"]
+        slow.tokenizer.chat_template = (  # ~1.5 s of looping, then a plain prompt
+            "{% for i in range(1000) %}{% for j in range(50000) %}{% endfor %}{% endfor %}"
+            "{{ messages[0]['content'] }}"
+        )
+        client = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="beta", messages=QUESTION, max_tokens=4)
+        assert refused.value.code == "template_timeout"
+        answer = client.chat.completions.create(model="alpha", messages=QUESTION, max_tokens=4)
+        assert answer.choices[0].finish_reason in ("stop", "length")
+
+
 def test_caps_on_body_messages_tokens_and_n(tiny_runs) -> None:
     limits = Limits(max_body_bytes=2000, max_messages=3, max_tokens=16, max_n=2)
     with open_server(tiny_runs[:1], limits=limits) as srv:

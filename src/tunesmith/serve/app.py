@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -45,6 +46,10 @@ class Limits:
     max_n: int = 16
     max_stop: int = 4
     requests_per_minute: int = 600
+    tokens_per_minute: int = 200_000
+    """Prompt tokens plus the completion tokens a request may produce, per key (OpenAI's TPM)."""
+    template_seconds: float = 2.0
+    """Wall-clock limit on rendering one request's chat template (promise S3)."""
 
 
 @dataclass
@@ -59,6 +64,10 @@ class ServerState:
     """A `tunesmith.jobs.routes.JobsState` when serving with ``--jobs``."""
     sessions: Any = None
     """The dashboard's `tunesmith.dashboard.sessions.Sessions` (with ``--jobs``)."""
+    token_limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.token_limiter = RateLimiter(self.limits.tokens_per_minute)
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -142,8 +151,9 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         if body.logprobs:
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
         messages = [message.as_dict() for message in body.messages]
-        prompt_ids = _render(served, messages)
+        prompt_ids = await _render(served, messages, state.limits.template_seconds)
         call = _Completion(state, served, body, prompt_ids, chat=True, messages=messages)
+        _charge_tokens(state, request, call)
         return await call.answer(request)
 
     @app.post("/v1/completions")
@@ -159,6 +169,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             prompt = body.prompt[0]
         prompt_ids = list(served.tokenizer(prompt)["input_ids"])
         call = _Completion(state, served, body, prompt_ids, chat=False, messages=None)
+        _charge_tokens(state, request, call)
         return await call.answer(request)
 
     @app.post("/admin/runs")
@@ -207,15 +218,56 @@ def _check_caps(limits: Limits, body: ChatCompletionRequest | CompletionRequest,
         raise APIError(400, f"at most {limits.max_stop} stop sequences", param="stop")
 
 
-def _render(served: ServedModel, messages: list[dict[str, str]]) -> list[int]:
-    """The prompt as `tunesmith eval` renders it: the run's own template, sandboxed."""
+async def _render(served: ServedModel, messages: list[dict[str, str]], seconds: float) -> list[int]:
+    """The prompt as `tunesmith eval` renders it: the run's own template, sandboxed by
+    transformers' Jinja sandbox, in a worker thread with a wall-clock limit so a runaway
+    template answers 400 and the server goes on serving."""
+    prompt = [Message(m["role"], m["content"]) for m in messages]
     try:
-        prompt = [Message(m["role"], m["content"]) for m in messages]
-        return prompt_token_ids(served.tokenizer, prompt)
+        return await asyncio.wait_for(
+            asyncio.to_thread(prompt_token_ids, served.tokenizer, prompt), timeout=seconds
+        )
+    except TimeoutError:
+        raise APIError(
+            400,
+            f"rendering the chat template took longer than {seconds:g} s; the request was "
+            "refused (a template that loops on these messages).",
+            param="messages",
+            code="template_timeout",
+        ) from None
     except Exception as error:  # a template that rejects the conversation (roles, order)
         raise APIError(
             400, f"the chat template rejected these messages: {error}", param="messages"
         ) from None
+
+
+def _charge_tokens(state: ServerState, request: Request, call: _Completion) -> None:
+    """Per-key tokens per minute: the prompt plus every token the request may generate,
+    charged up front as OpenAI estimates it."""
+    limiter: RateLimiter = state.token_limiter
+    amount = len(call.prompt_ids) + call.max_new_tokens * call.body.n
+    caller = request.scope.get("state", {}).get("caller", "anonymous")
+    allowed, remaining, wait = limiter.take(caller, amount)
+    if allowed:
+        return
+    headers = {
+        "retry-after": str(max(1, math.ceil(wait))),
+        "x-ratelimit-limit-tokens": str(limiter.per_minute),
+        "x-ratelimit-remaining-tokens": str(remaining),
+        "x-ratelimit-reset-tokens": f"{wait:.3f}s",
+    }
+    too_large = amount > limiter.per_minute
+    raise APIError(
+        429,
+        f"Request too large: {amount} tokens (prompt + max_tokens x n) against a limit of "
+        f"{limiter.per_minute} tokens per minute; lower max_tokens."
+        if too_large
+        else f"Rate limit reached: {limiter.per_minute} tokens per minute "
+        f"(this request needs {amount}). Retry after {wait:.1f} s.",
+        type="tokens",
+        code="rate_limit_exceeded",
+        headers=headers,
+    )
 
 
 class _Completion:

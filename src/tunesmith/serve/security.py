@@ -100,7 +100,8 @@ class KeyChecker:
 
 @dataclass
 class RateLimiter:
-    """A token bucket per caller: ``per_minute`` requests, refilled continuously."""
+    """A token bucket per caller: ``per_minute`` units (requests, or tokens), refilled
+    continuously."""
 
     per_minute: int
 
@@ -108,18 +109,18 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def take(self, caller: str) -> tuple[bool, int, float]:
-        """(allowed, remaining, seconds until one more request is allowed)."""
+    def take(self, caller: str, amount: float = 1.0) -> tuple[bool, int, float]:
+        """(allowed, remaining, seconds until ``amount`` more would be allowed)."""
         rate = self.per_minute / 60.0
         now = time.monotonic()
         with self._lock:
             tokens, last = self._buckets.get(caller, (float(self.per_minute), now))
             tokens = min(float(self.per_minute), tokens + (now - last) * rate)
-            allowed = tokens >= 1.0
+            allowed = tokens >= amount
             if allowed:
-                tokens -= 1.0
+                tokens -= amount
             self._buckets[caller] = (tokens, now)
-        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+        wait = 0.0 if tokens >= amount else (amount - tokens) / rate
         return allowed, int(tokens), wait
 
 
