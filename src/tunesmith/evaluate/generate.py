@@ -112,7 +112,8 @@ def _batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _left_padded(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts right-aligned with their attention mask: how evaluation, and so serving, batch."""
     width = max(len(sequence) for sequence in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -147,7 +148,7 @@ def generate_replies(
     replies = [""] * len(encoded)
     device = model.device
     for batch in _batches_by_length([len(ids) for ids in encoded], batch_size):
-        input_ids, attention_mask = _left_padded([encoded[index] for index in batch], pad_id)
+        input_ids, attention_mask = left_padded([encoded[index] for index in batch], pad_id)
         output = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),

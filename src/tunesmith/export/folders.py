@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import uuid
@@ -10,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tunesmith.export.source import ExportDiskFull
+from tunesmith.export.source import disk_full_or
 
 
 @contextmanager
@@ -27,12 +26,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
             shutil.rmtree(retired)
         os.replace(staging, target)
     except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise ExportDiskFull(
-                f"the disk filled while writing {target}; nothing was left behind. Free space "
-                "on that disk and run the export again."
-            ) from None
-        raise
+        raise disk_full_or(error, target) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging)

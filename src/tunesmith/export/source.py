@@ -64,12 +64,17 @@ def staged_file(target: Path) -> Iterator[Path]:
         yield staging
         os.replace(staging, target)
     except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise ExportDiskFull(
-                f"the disk filled while writing {target}; nothing was left behind. Free space "
-                "on that disk (or export a smaller --quant) and run the export again."
-            ) from None
-        raise
+        raise disk_full_or(error, target) from None
     finally:
         if staging.exists():
             staging.unlink()
+
+
+def disk_full_or(error: OSError, target: Path) -> Exception:
+    """The error to raise for a failed write: ExportDiskFull when the disk filled."""
+    if error.errno != errno.ENOSPC:
+        return error
+    return ExportDiskFull(
+        f"the disk filled while writing {target}; nothing was left behind. Free space on "
+        "that disk (or export a smaller --quant) and run the export again."
+    )

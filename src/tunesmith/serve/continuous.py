@@ -22,6 +22,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from tunesmith.evaluate.generate import left_padded
 from tunesmith.models.precision import Precision
 
 if TYPE_CHECKING:
@@ -49,17 +50,6 @@ def supports(module: nn.Module) -> bool:
     return all(
         getattr(config, key, None) in (None, default, 0) for key, default in _PROCESSING.items()
     )
-
-
-def left_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts right-aligned, as `tunesmith eval` batches them, with their attention mask."""
-    width = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[row, width - len(sequence) :] = 1
-    return input_ids, attention_mask
 
 
 def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:

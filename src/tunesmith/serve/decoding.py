@@ -28,8 +28,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
+from tunesmith.evaluate.generate import left_padded
 from tunesmith.models.precision import Precision
-from tunesmith.serve.continuous import RunningBatch, left_padded, supports
+from tunesmith.serve.continuous import RunningBatch, supports
 
 Emit = Callable[[tuple[Any, ...]], None]
 """Receives ("text", row, piece), ("done", row, finish_reason, tokens) or ("error", message)."""
