@@ -64,9 +64,12 @@ from tunesmith.training import (
 )
 
 if TYPE_CHECKING:
-    from tunesmith.evaluate.run import EvalResult
+    from datetime import datetime
 
-__all__ = ["evaluate", "merge", "prepare_data", "serve", "train"]
+    from tunesmith.evaluate.run import EvalResult
+    from tunesmith.monitor.run import MonitorResult
+
+__all__ = ["evaluate", "merge", "monitor", "prepare_data", "serve", "train"]
 
 
 def train(
@@ -394,3 +397,40 @@ def serve(
     from tunesmith.serve import serve as run_server
 
     run_server(run_dirs, host=host, port=port, **options)
+
+
+def monitor(
+    run_dir: Path,
+    inputs: Path,
+    *,
+    window: int | str | None = None,
+    since: datetime | str | None = None,
+    out_dir: Path | None = None,
+    draws: int | None = None,
+    alpha: float | None = None,
+    seed: int = 0,
+    to_label: int = 50,
+    on_progress: Callable[[str], None] | None = None,
+) -> MonitorResult:
+    """Test live inputs (a request log or any data file) for drift against the run's training
+    inputs; write ``result.json``, ``to_label.jsonl`` and ``report.html`` (default
+    ``RUN_DIR/monitor/``). ``window`` is a count (500) or a duration ("1h"); the verdict
+    (``result.drifted``) is the newest window's, after Holm correction across signals."""
+    from tunesmith.monitor.calibrate import DEFAULT_ALPHA, DEFAULT_DRAWS
+    from tunesmith.monitor.inputs import parse_since
+    from tunesmith.monitor.output import write_outputs
+    from tunesmith.monitor.run import MonitorSettings, monitor_run
+    from tunesmith.monitor.windows import parse_window
+
+    settings = MonitorSettings(
+        window=parse_window(str(window)) if window is not None else None,
+        since=parse_since(since) if isinstance(since, str) else since,
+        out_dir=out_dir,
+        draws=draws or DEFAULT_DRAWS,
+        alpha=alpha or DEFAULT_ALPHA,
+        seed=seed,
+        to_label=to_label,
+    )
+    result = monitor_run(Path(run_dir), Path(inputs), settings, on_progress or (lambda _: None))
+    result.paths = write_outputs(result, to_label)
+    return result
