@@ -410,12 +410,15 @@ def monitor(
     alpha: float | None = None,
     seed: int = 0,
     to_label: int = 50,
+    perplexity: bool = True,
     on_progress: Callable[[str], None] | None = None,
 ) -> MonitorResult:
     """Test live inputs (a request log or any data file) for drift against the run's training
     inputs; write ``result.json``, ``to_label.jsonl`` and ``report.html`` (default
-    ``RUN_DIR/monitor/``). ``window`` is a count (500) or a duration ("1h"); the verdict
-    (``result.drifted``) is the newest window's, after Holm correction across signals."""
+    ``RUN_DIR/monitor/``). ``perplexity`` scores prompts with the run's fine-tuned
+    model (skipped when the run has no weights). ``window`` is a count (500) or a duration
+    ("1h"); the verdict (``result.drifted``) is the newest window's, after Holm correction
+    across signals."""
     from tunesmith.monitor.calibrate import DEFAULT_ALPHA, DEFAULT_DRAWS
     from tunesmith.monitor.inputs import parse_since
     from tunesmith.monitor.output import write_outputs
@@ -430,6 +433,7 @@ def monitor(
         alpha=alpha or DEFAULT_ALPHA,
         seed=seed,
         to_label=to_label,
+        perplexity=perplexity,
     )
     result = monitor_run(Path(run_dir), Path(inputs), settings, on_progress or (lambda _: None))
     result.paths = write_outputs(result, to_label)

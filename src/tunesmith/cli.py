@@ -440,6 +440,10 @@ def monitor(
     alpha: Annotated[
         float | None, typer.Option(help="Family-wise error rate per window (default 0.05).")
     ] = None,
+    perplexity: Annotated[
+        bool,
+        typer.Option(help="Score prompts with the fine-tuned model (slowest signal)."),
+    ] = True,
 ) -> None:
     """Is live traffic drifting from the training data? Exit 0: no drift, 3: drift."""
     from tunesmith import api
@@ -448,11 +452,15 @@ def monitor(
     err_console.print(f"[bold]tunesmith monitor[/bold] {inputs} against {run_dir}")
     result = api.monitor(
         run_dir, inputs, window=window, since=since, out_dir=out, draws=draws, alpha=alpha,
-        on_progress=lambda line: err_console.print(f"[dim]{escape(line)}[/dim]", highlight=False),
+        perplexity=perplexity, on_progress=_print_progress,
     )  # fmt: skip
     _print_monitor_summary(result)
     if result.drifted:
         raise typer.Exit(DRIFT_EXIT_CODE)
+
+
+def _print_progress(line: str) -> None:
+    err_console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
 
 
 def _print_monitor_summary(result) -> None:

@@ -38,6 +38,7 @@ def test_other_domain_traffic_is_drift_with_exit_code_3(sms_result) -> None:
     assert by_name["embedding_mmd"]["p_adjusted"] <= 0.05
     assert by_name["length_tokens"]["window_value"] > by_name["length_tokens"]["reference_value"]
     assert "predicted_labels" in by_name  # a classification run: labels are compared
+    assert "perplexity" in by_name  # the run has weights and 25 validation prompts
     for signal in latest:
         assert signal["p_adjusted"] >= signal["p_value"]
         assert signal["detectable"] >= signal["null_mean"]
@@ -94,3 +95,15 @@ def test_a_run_without_training_data(tmp_path: Path, held_out_log: Path) -> None
     (run / "config.yaml").write_text("data: {train: []}\n")
     one_line_error(monitor(str(run), str(held_out_log)), "no training data")
     one_line_error(monitor(str(tmp_path), str(held_out_log)), "not a tunesmith run directory")
+
+
+def test_report_is_one_self_contained_page(sms_result) -> None:
+    _, out = sms_result
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and "<title>tunesmith monitor: drift</title>" in page
+    assert page.count("<svg") >= 2  # the timeline and the null plots
+    assert "<script" not in page and "http://" not in page.replace(
+        "http://www.w3.org/2000/svg", ""
+    )
+    assert "https://" not in page
+    assert "embedding_mmd" in page and "Most drifted inputs" in page

@@ -52,6 +52,10 @@ class Features:
     embedding_reference: np.ndarray
     """At most `MAX_PER_SIDE` reference items: the sample the embedding tests compare with."""
     live_offset: int
+    validation: np.ndarray
+    """Items of the run's validation prompts (after the live ones): the perplexity reference."""
+    log_perplexity: np.ndarray | None = None
+    """Mean token NLL under the fine-tuned model (live and validation items), else NaN."""
 
     def live(self, positions: np.ndarray) -> np.ndarray:
         """Item indices of live inputs given by their position in the live file."""
@@ -71,13 +75,15 @@ def build_features(
     tokenizer: object,
     *,
     labelled: bool,
+    validation_prompts: Sequence[str] = (),
     seed: int = 0,
     on_embedded: Callable[[int], None] | None = None,
 ) -> Features:
     """Embed, tokenize and describe all inputs; ``on_embedded`` gets the count embedded."""
-    texts = [*reference_prompts, *live_prompts]
-    answers = [*reference_answers, *live_answers]
+    texts = [*reference_prompts, *live_prompts, *validation_prompts]
+    answers = [*reference_answers, *live_answers, *([None] * len(validation_prompts))]
     n_ref = len(reference_prompts)
+    n_live = len(live_prompts)
     reference, calibration = split_reference(n_ref, seed)
     embeddings = embed_texts(texts, on_progress=on_embedded)
     mean, axes = principal_axes(embeddings[reference])
@@ -103,6 +109,7 @@ def build_features(
         calibration=calibration,
         embedding_reference=np.sort(sample),
         live_offset=n_ref,
+        validation=np.arange(n_ref + n_live, len(texts)),
     )
     return _with_outputs(features, answers, labelled)
 
@@ -116,7 +123,11 @@ def _codes(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
 def _with_outputs(features: Features, answers: Sequence[str | None], labelled: bool) -> Features:
     """Add the output checks that apply: labels, JSON validity, empty/refusal answers."""
     reference_answers = [answers[i] for i in features.reference]
-    live_answers = answers[features.live_offset :]
+    live_answers = (
+        answers[features.live_offset : features.validation[0]]
+        if len(features.validation)
+        else answers[features.live_offset :]
+    )
     if all(a is None for a in reference_answers) or all(a is None for a in live_answers):
         return features
     has = np.array([a is not None for a in answers])

@@ -94,4 +94,8 @@ def write_outputs(result: MonitorResult, to_label: int) -> dict[str, Path]:
     paths["result"].write_text(json.dumps(result_dict(result), indent=2, ensure_ascii=False))
     lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in to_label_records(result, to_label)]
     paths["to_label"].write_text("".join(lines), encoding="utf-8")
+    from tunesmith.monitor.report import render_report
+
+    paths["report"] = result.out_dir / "report.html"
+    paths["report"].write_text(render_report(result), encoding="utf-8")
     return paths

@@ -25,6 +25,7 @@ from tunesmith.monitor.calibrate import (
 from tunesmith.monitor.features import Features, build_features
 from tunesmith.monitor.inputs import LiveInputs, read_live_inputs
 from tunesmith.monitor.ngrams import characteristic_ngrams, document_counts
+from tunesmith.monitor.perplexity import has_weights, prompt_log_perplexity
 from tunesmith.monitor.reference import Reference, read_reference
 from tunesmith.monitor.signals import DomainClassifier, Signal, build_signals, capped
 from tunesmith.monitor.tokenizer import run_tokenizer
@@ -56,6 +57,8 @@ class MonitorResult:
     reference_size: int
     calibration_size: int
     out_dir: Path
+    nulls: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    """Each tested window size's null statistics per signal (the report plots them)."""
     paths: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -76,6 +79,8 @@ class MonitorSettings:
     alpha: float = DEFAULT_ALPHA
     seed: int = 0
     to_label: int = 50
+    perplexity: bool = True
+    """Score prompts with the fine-tuned model (needs the run's weights; the slowest signal)."""
 
 
 def monitor_run(
@@ -91,6 +96,8 @@ def monitor_run(
         f"training inputs"
     )
     features = _features(run_dir, reference, live, settings.seed, on_progress)
+    if settings.perplexity and has_weights(run_dir):
+        features.log_perplexity = _perplexity(run_dir, features, reference, live, on_progress)
     signals = build_signals(features, settings.seed)
     nulls: dict[int, dict[str, np.ndarray]] = {}
     reference_grams = document_counts(reference.prompts[i] for i in features.reference)
@@ -124,7 +131,7 @@ def monitor_run(
     return MonitorResult(
         run_dir, live, results, [s.name for s in signals], settings.alpha, settings.draws,
         len(features.reference), len(features.calibration),
-        settings.out_dir or run_dir / "monitor",
+        settings.out_dir or run_dir / "monitor", nulls,
     )  # fmt: skip
 
 
@@ -140,8 +147,25 @@ def _features(
 
     return build_features(
         reference.prompts, reference.answers, live.prompts, live.answers,
-        run_tokenizer(run_dir), labelled=reference.labelled, seed=seed, on_embedded=embedded,
+        run_tokenizer(run_dir), labelled=reference.labelled,
+        validation_prompts=reference.validation_prompts, seed=seed, on_embedded=embedded,
     )  # fmt: skip
+
+
+def _perplexity(
+    run_dir: Path, features: Features, reference: Reference, live: LiveInputs, on_progress: Progress
+) -> np.ndarray:
+    """Log-perplexity of the live and validation prompts (training items stay NaN)."""
+    texts = [*live.prompts, *reference.validation_prompts]
+    step = max(500, len(texts) // 10)
+
+    def scored(done: int) -> None:
+        if done % step < 16 or done == len(texts):
+            on_progress(f"perplexity under the fine-tuned model: {done}/{len(texts)} prompts")
+
+    column = np.full(len(features.lengths), np.nan, dtype=np.float32)
+    column[features.live_offset :] = prompt_log_perplexity(run_dir, texts, on_progress=scored)
+    return column
 
 
 def _tested_items(features: Features, window: Window, largest: int, seed: int) -> np.ndarray:

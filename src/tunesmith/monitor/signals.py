@@ -17,6 +17,9 @@ from tunesmith.monitor.classifier import domain_auc
 from tunesmith.monitor.features import Features
 from tunesmith.monitor.mmd import MAX_PER_SIDE, MMDAgainstReference
 
+MIN_VALIDATION = 20
+"""Fewer validation prompts than this give no perplexity reference worth testing against."""
+
 
 class Signal(Protocol):
     name: str
@@ -101,7 +104,9 @@ class MeanShift:
 
 @dataclass
 class WindowMean:
-    """mean(window) of a number whose reference value is 0 by construction (unseen share)."""
+    """mean(window), one-sided: for numbers whose reference value is not a sample of the
+    reference half (the unseen-token share is 0 there by construction; perplexity's
+    reference is the validation prompts, its own pool)."""
 
     name: str
     meaning: str
@@ -110,7 +115,8 @@ class WindowMean:
     pool: np.ndarray
 
     def statistic(self, window: np.ndarray) -> float:
-        return float(self.column[window].mean())
+        values = self.column[window]
+        return 0.0 if np.all(np.isnan(values)) else float(np.nanmean(values))
 
     def values(self, window: np.ndarray, statistic: float) -> tuple[float, float]:
         return statistic, self.reference_value
@@ -163,6 +169,17 @@ def build_signals(features: Features, seed: int = 0) -> list[Signal]:
             "script_mix", "Unicode script mix (TVD)", f.scripts, len(f.script_names), ref, pool
         ),
     ]
+    if f.log_perplexity is not None and len(f.validation) >= MIN_VALIDATION:
+        signals.append(
+            WindowMean(
+                "perplexity",
+                "mean log-perplexity of the prompts under the fine-tuned model; reference: "
+                "the run's validation prompts",
+                f.log_perplexity,
+                float(np.nanmean(f.log_perplexity[f.validation])),
+                f.validation,
+            )
+        )
     if f.labels is not None:
         signals.append(
             Histogram(
