@@ -67,9 +67,10 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from tunesmith.evaluate.run import EvalResult
+    from tunesmith.monitor.retrain import RetrainResult
     from tunesmith.monitor.run import MonitorResult
 
-__all__ = ["evaluate", "merge", "monitor", "prepare_data", "serve", "train"]
+__all__ = ["evaluate", "merge", "monitor", "prepare_data", "retrain", "serve", "train"]
 
 
 def train(
@@ -438,3 +439,28 @@ def monitor(
     result = monitor_run(Path(run_dir), Path(inputs), settings, on_progress or (lambda _: None))
     result.paths = write_outputs(result, to_label)
     return result
+
+
+def retrain(
+    run_dir: Path,
+    added: Path,
+    *,
+    start: str = "base",
+    margin: float | None = None,
+    seed: int = 0,
+    on_progress: Callable[[str], None] | None = None,
+) -> RetrainResult:
+    """Train ``<name>-vN`` on the run's data plus ``added`` (labelled rows, e.g. a checked
+    ``to_label.jsonl``), compare it with the champion on the old test split and on a slice
+    carved from the new rows (paired bootstrap), and point ``<family>.promoted.json`` at it
+    only if it is better on the new slice and within ``margin`` on the old one.
+    ``run_dir`` may be that pointer; ``start`` is "base" or "continue" (train on top of the
+    champion's merged weights)."""
+    from tunesmith.monitor.gate import DEFAULT_MARGIN
+    from tunesmith.monitor.retrain import retrain_run
+
+    return retrain_run(
+        Path(run_dir), Path(added), start=start,
+        margin=DEFAULT_MARGIN if margin is None else margin, seed=seed,
+        on_progress=on_progress or (lambda _: None),
+    )  # fmt: skip

@@ -484,6 +484,38 @@ def _print_monitor_summary(result) -> None:
     console.print("\n".join(lines), highlight=False)
 
 
+@app.command()
+@friendly_errors
+def retrain(
+    run_dir: Annotated[
+        Path, typer.Argument(help="The champion run, or its <family>.promoted.json pointer.")
+    ],
+    add: Annotated[
+        Path, typer.Option("--add", help="New labelled rows (e.g. a checked to_label.jsonl).")
+    ],
+    start: Annotated[
+        str,
+        typer.Option("--from", help="base: train afresh; continue: on the champion's weights."),
+    ] = "base",
+    margin: Annotated[
+        float | None,
+        typer.Option(help="How much worse the old test may get, in metric units (0.02)."),
+    ] = None,
+) -> None:
+    """Train <name>-vN on old + new data; promote it only if it beats the champion."""
+    from tunesmith import api
+
+    err_console.print(f"[bold]tunesmith retrain[/bold] {run_dir} with {add}")
+    result = api.retrain(run_dir, add, start=start, margin=margin, on_progress=_print_progress)
+    mark = "[bold green]promoted[/bold green]" if result.promoted else "[yellow]kept[/yellow]"
+    console.print(
+        f"{mark} {result.challenger if result.promoted else result.champion}\n"
+        f"{escape(result.decision)}\ngate: {result.gate_path}\npointer: {result.pointer} "
+        f"(serve it with `tunesmith serve {result.pointer}`)",
+        highlight=False,
+    )
+
+
 def _mount_subcommands() -> None:
     from tunesmith.cli_data import data_app
 

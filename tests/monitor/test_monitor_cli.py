@@ -102,8 +102,6 @@ def test_report_is_one_self_contained_page(sms_result) -> None:
     page = (out / "report.html").read_text()
     assert page.startswith("<!doctype html>") and "<title>tunesmith monitor: drift</title>" in page
     assert page.count("<svg") >= 2  # the timeline and the null plots
-    assert "<script" not in page and "http://" not in page.replace(
-        "http://www.w3.org/2000/svg", ""
-    )
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in page
     assert "embedding_mmd" in page and "Most drifted inputs" in page
