@@ -64,10 +64,23 @@ from tunesmith.training import (
 )
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from tunesmith.evaluate.run import EvalResult
     from tunesmith.export.result import ExportResult
+    from tunesmith.monitor.retrain import RetrainResult
+    from tunesmith.monitor.run import MonitorResult
 
-__all__ = ["evaluate", "export", "merge", "prepare_data", "serve", "train"]
+__all__ = [
+    "evaluate",
+    "export",
+    "merge",
+    "monitor",
+    "prepare_data",
+    "retrain",
+    "serve",
+    "train",
+]
 
 
 def train(
@@ -420,3 +433,69 @@ def serve(
     from tunesmith.serve import serve as run_server
 
     run_server(run_dirs, host=host, port=port, **options)
+
+
+def monitor(
+    run_dir: Path,
+    inputs: Path,
+    *,
+    window: int | str | None = None,
+    since: datetime | str | None = None,
+    out_dir: Path | None = None,
+    draws: int | None = None,
+    alpha: float | None = None,
+    seed: int = 0,
+    to_label: int = 50,
+    perplexity: bool = True,
+    on_progress: Callable[[str], None] | None = None,
+) -> MonitorResult:
+    """Test live inputs (a request log or any data file) for drift against the run's training
+    inputs; write ``result.json``, ``to_label.jsonl`` and ``report.html`` (default
+    ``RUN_DIR/monitor/``). ``perplexity`` scores prompts with the run's fine-tuned
+    model (skipped when the run has no weights). ``window`` is a count (500) or a duration
+    ("1h"); the verdict (``result.drifted``) is the newest window's, after Holm correction
+    across signals."""
+    from tunesmith.monitor.calibrate import DEFAULT_ALPHA, DEFAULT_DRAWS
+    from tunesmith.monitor.inputs import parse_since
+    from tunesmith.monitor.output import write_outputs
+    from tunesmith.monitor.run import MonitorSettings, monitor_run
+    from tunesmith.monitor.windows import parse_window
+
+    settings = MonitorSettings(
+        window=parse_window(str(window)) if window is not None else None,
+        since=parse_since(since) if isinstance(since, str) else since,
+        out_dir=out_dir,
+        draws=draws or DEFAULT_DRAWS,
+        alpha=alpha or DEFAULT_ALPHA,
+        seed=seed,
+        to_label=to_label,
+        perplexity=perplexity,
+    )
+    result = monitor_run(Path(run_dir), Path(inputs), settings, on_progress or (lambda _: None))
+    result.paths = write_outputs(result, to_label)
+    return result
+
+
+def retrain(
+    run_dir: Path,
+    added: Path,
+    *,
+    start: str = "base",
+    margin: float | None = None,
+    seed: int = 0,
+    on_progress: Callable[[str], None] | None = None,
+) -> RetrainResult:
+    """Train ``<name>-vN`` on the run's data plus ``added`` (labelled rows, e.g. a checked
+    ``to_label.jsonl``), compare it with the champion on the old test split and on a slice
+    carved from the new rows (paired bootstrap), and point ``<family>.promoted.json`` at it
+    only if it is better on the new slice and within ``margin`` on the old one.
+    ``run_dir`` may be that pointer; ``start`` is "base" or "continue" (train on top of the
+    champion's merged weights)."""
+    from tunesmith.monitor.gate import DEFAULT_MARGIN
+    from tunesmith.monitor.retrain import retrain_run
+
+    return retrain_run(
+        Path(run_dir), Path(added), start=start,
+        margin=DEFAULT_MARGIN if margin is None else margin, seed=seed,
+        on_progress=on_progress or (lambda _: None),
+    )  # fmt: skip

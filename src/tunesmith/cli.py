@@ -456,6 +456,108 @@ def worker(
     worker_main(["--workspace", str(workspace)])
 
 
+@app.command()
+@friendly_errors
+def monitor(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tunesmith train`.")],
+    inputs: Annotated[
+        Path,
+        typer.Argument(
+            help="Live inputs: the request log of `serve --log-requests`, or a data file."
+        ),
+    ],
+    window: Annotated[
+        str | None,
+        typer.Option(help="Inputs per window (500) or a duration (30m, 1h, 1d); default 500."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only inputs logged at or after this ISO 8601 time.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the results; default RUN_DIR/monitor.")
+    ] = None,
+    draws: Annotated[
+        int | None, typer.Option(help="Null windows per window size (default 400).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="Family-wise error rate per window (default 0.05).")
+    ] = None,
+    perplexity: Annotated[
+        bool,
+        typer.Option(help="Score prompts with the fine-tuned model (slowest signal)."),
+    ] = True,
+) -> None:
+    """Is live traffic drifting from the training data? Exit 0: no drift, 3: drift."""
+    from tunesmith import api
+    from tunesmith.monitor.errors import DRIFT_EXIT_CODE
+
+    err_console.print(f"[bold]tunesmith monitor[/bold] {inputs} against {run_dir}")
+    result = api.monitor(
+        run_dir, inputs, window=window, since=since, out_dir=out, draws=draws, alpha=alpha,
+        perplexity=perplexity, on_progress=_print_progress,
+    )  # fmt: skip
+    _print_monitor_summary(result)
+    if result.drifted:
+        raise typer.Exit(DRIFT_EXIT_CODE)
+
+
+def _print_progress(line: str) -> None:
+    err_console.print(f"[dim]{escape(line)}[/dim]", highlight=False)
+
+
+def _print_monitor_summary(result) -> None:
+    latest = result.latest
+    drifted = [w for w in result.windows if w.drifted]
+    verdict = (
+        "[bold red]DRIFT[/bold red]" if result.drifted else "[bold green]no drift[/bold green]"
+    )
+    lines = [
+        f"{verdict} in the newest window ({latest.tested_size} inputs); "
+        f"{len(drifted)}/{len(result.windows)} window(s) drifted"
+    ]
+    for signal in latest.signals:
+        mark = "[red]drift[/red]" if signal.drifted else "ok"
+        lines.append(
+            f"  {signal.name:<22} {signal.statistic:>9.4f}  p={signal.p_value:.4f} "
+            f"(Holm {signal.p_adjusted:.4f})  effect {signal.effect_size:+.1f} sd  {mark}"
+        )
+    for name, path in result.paths.items():
+        lines.append(f"{name}: {path}")
+    console.print("\n".join(lines), highlight=False)
+
+
+@app.command()
+@friendly_errors
+def retrain(
+    run_dir: Annotated[
+        Path, typer.Argument(help="The champion run, or its <family>.promoted.json pointer.")
+    ],
+    add: Annotated[
+        Path, typer.Option("--add", help="New labelled rows (e.g. a checked to_label.jsonl).")
+    ],
+    start: Annotated[
+        str,
+        typer.Option("--from", help="base: train afresh; continue: on the champion's weights."),
+    ] = "base",
+    margin: Annotated[
+        float | None,
+        typer.Option(help="How much worse the old test may get, in metric units (0.02)."),
+    ] = None,
+) -> None:
+    """Train <name>-vN on old + new data; promote it only if it beats the champion."""
+    from tunesmith import api
+
+    err_console.print(f"[bold]tunesmith retrain[/bold] {run_dir} with {add}")
+    result = api.retrain(run_dir, add, start=start, margin=margin, on_progress=_print_progress)
+    mark = "[bold green]promoted[/bold green]" if result.promoted else "[yellow]kept[/yellow]"
+    console.print(
+        f"{mark} {result.challenger if result.promoted else result.champion}\n"
+        f"{escape(result.decision)}\ngate: {result.gate_path}\npointer: {result.pointer} "
+        f"(serve it with `tunesmith serve {result.pointer}`)",
+        highlight=False,
+    )
+
+
 def _mount_subcommands() -> None:
     from tunesmith.cli_data import data_app
 

@@ -30,6 +30,7 @@ from tunesmith.evaluate.generate import prompt_token_ids
 from tunesmith.serve.decoding import Decoder, Job, Row, Sampling
 from tunesmith.serve.errors import APIError, model_not_found
 from tunesmith.serve.metrics import ServeMetrics
+from tunesmith.serve.pointer import FollowedPointer
 from tunesmith.serve.registry import Registry, ServedModel
 from tunesmith.serve.requestlog import RequestLog
 from tunesmith.serve.schemas import AddRunRequest, ChatCompletionRequest, CompletionRequest
@@ -64,6 +65,8 @@ class ServerState:
     """A `tunesmith.jobs.routes.JobsState` when serving with ``--jobs``."""
     sessions: Any = None
     """The dashboard's `tunesmith.dashboard.sessions.Sessions` (with ``--jobs``)."""
+    pointers: list[FollowedPointer] = field(default_factory=list)
+    """Promotion pointers whose runs are swapped in when they change (serve/pointer.py)."""
     token_limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +135,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, object]:
+        await _follow_pointers(state)
         cards = [model.card() for model in state.registry.models.values()]
         return {"object": "list", "data": cards}
 
@@ -144,6 +148,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        await _follow_pointers(state)
         served = _model(state, body.model)
         _check_caps(state.limits, body, len(body.messages))
         if body.tools:
@@ -158,6 +163,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
+        await _follow_pointers(state)
         served = _model(state, body.model)
         _check_caps(state.limits, body, 0)
         if body.echo or body.logprobs:
@@ -187,6 +193,17 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             raise model_not_found(model_id)
         await run_in_threadpool(state.decoder.call, lambda: state.registry.remove(model_id))
         return {"id": model_id, "object": "model", "deleted": True}
+
+
+async def _follow_pointers(state: ServerState) -> None:
+    """Swap in the run a promotion pointer now names (on the decoder thread, like admin)."""
+    for pointer in state.pointers:
+        run_dir = pointer.changed()
+        if run_dir is not None:
+            await run_in_threadpool(
+                state.decoder.call,
+                lambda p=pointer, r=run_dir: state.registry.replace(p.model_id, r),
+            )
 
 
 def _admin_allowed(state: ServerState) -> None:

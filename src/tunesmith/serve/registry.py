@@ -212,14 +212,27 @@ class Registry:
         del self.models[model_id]
         if served.base_key is not None:
             shared = self._bases[served.base_key]
-            shared.adapters.discard(model_id)
+            shared.adapters.discard(served.adapter)
             if shared.adapters:
-                shared.model.delete_adapter(model_id)
+                shared.model.delete_adapter(served.adapter)
             # peft keeps at least one adapter; the last one stays loaded, unlisted and unused
         elif served.module is not None:
             served.module.to("cpu")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def replace(self, model_id: str, run_dir: Path) -> ServedModel:
+        """Serve ``run_dir`` as ``model_id`` instead of the run it served (a promotion).
+
+        The new run is loaded first under a staging id, so ``model_id`` always answers.
+        """
+        staging = f"{model_id}@{Path(run_dir).resolve().name}"
+        self.add(run_dir, staging)
+        self.remove(model_id)
+        served = self.models.pop(staging)
+        served.id = model_id
+        self.models[model_id] = served
+        return served
 
     def _shared_base(
         self, config, final: Path, first_adapter: str

@@ -19,6 +19,7 @@ import uvicorn
 from tunesmith.serve.app import Limits, ServerState, create_app
 from tunesmith.serve.decoding import Decoder, Job
 from tunesmith.serve.metrics import ServeMetrics
+from tunesmith.serve.pointer import POINTER_SUFFIX, FollowedPointer, is_pointer, read_pointer
 from tunesmith.serve.registry import Registry
 from tunesmith.serve.requestlog import DEFAULT_MAX_BYTES, RequestLog
 from tunesmith.serve.security import KeyChecker, check_bind, load_api_keys
@@ -43,10 +44,22 @@ def build_state(
     device: str = "auto",
     log_max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ServerState:
-    """Load every run (one base in memory per base model) and the decoder that runs them."""
+    """Load every run (one base in memory per base model) and the decoder that runs them.
+
+    A promotion pointer (``*.promoted.json``) in place of a run directory serves the run it
+    names and is followed: when it changes, the newly named run replaces it.
+    """
     registry = Registry(device=device)
+    pointers = []
     for argument in run_dirs:
         run_dir, name = parse_run_argument(argument)
+        if is_pointer(run_dir):
+            target = read_pointer(run_dir)
+            model_id = name or run_dir.name.removesuffix(POINTER_SUFFIX)
+            stamp = run_dir.stat().st_mtime_ns
+            registry.add(target, model_id)
+            pointers.append(FollowedPointer(run_dir, model_id, stamp, target))
+            continue
         registry.add(run_dir, name)
     metrics = ServeMetrics()
 
@@ -63,6 +76,7 @@ def build_state(
         keys=KeyChecker(list(keys)),
         metrics=metrics,
         request_log=RequestLog(log_requests, log_max_bytes) if log_requests else None,
+        pointers=pointers,
     )
 
 
