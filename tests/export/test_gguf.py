@@ -81,3 +81,15 @@ def test_an_adapter_llama_cpp_cannot_apply_is_refused(tmp_path: Path, tiny_model
     run = train_tiny_run(tmp_path, tiny_model_dir, "ia3", method="{name: ia3}", steps=2)
     with pytest.raises(ExportError, match="--to gguf"):
         export_run(run, "gguf-lora", verify_items=0)
+
+
+def test_k_quants_go_through_llama_cpps_quantizer(fresh_run: Path, llama_cpp: None) -> None:
+    result = export_run(fresh_run, "gguf", quant="q4_k_m", verify_items=2)
+    path = result.artifacts[0].path
+    reader = gguf.GGUFReader(path)
+    assert _field(reader, "general.file_type") == int(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    assert _field(reader, "tokenizer.ggml.eot_token_id") is not None  # metadata carried over
+    # The tiny model's 32-wide rows cannot take 256-wide k-quant blocks: said in one line.
+    assert any("k-quant blocks" in note for note in result.notes)
+    assert not list(path.parent.glob(".*"))  # the F16 intermediate is gone
+    assert result.artifacts[0].verification["tokenizer_identical"] == 2

@@ -3,7 +3,14 @@ llama.cpp's own quantizer (the k-quants, which gguf-py can only read)."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
+import re
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +80,45 @@ def requantize_with_llama_cpp(source: Path, target: Path, quant: Quant) -> str |
         ) from None
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(quant.file_type)
-    status = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(target).encode(), llama_cpp.byref(params)
-    )
+    with _captured_stderr() as log:
+        status = llama_cpp.llama_model_quantize(
+            str(source).encode(), str(target).encode(), llama_cpp.byref(params)
+        )
+        text = log.read_text(errors="replace")
     if status != 0 or not target.is_file():
         raise ExportError(
-            f"llama.cpp could not quantize {source} to {quant.name} (status {status})."
+            f"llama.cpp could not quantize {source} to {quant.name} (status {status}): "
+            + " ".join(text.split()[-40:])
         )
+    return fallback_summary(text, quant)
+
+
+def fallback_summary(log: str, quant: Quant) -> str | None:
+    """llama.cpp's one line per tensor it could not give the k-quant (rows not a multiple of
+    256), folded into one sentence for the summary."""
+    fallbacks = re.findall(r"falling back to\s+(\w+)", log)
+    if not fallbacks:
+        return None
+    counts = ", ".join(f"{n} to {kind}" for kind, n in sorted(Counter(fallbacks).items()))
+    return (
+        f"{quant.name}: {len(fallbacks)} tensors have rows that do not split into 256-wide "
+        f"k-quant blocks; llama.cpp wrote them in other types ({counts})."
+    )
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Path]:
+    """llama.cpp logs to file descriptor 2 (from C, and through llama-cpp-python's callback
+    on sys.stderr): keep it for the message and the summary, off the screen."""
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "llama-quantize.log"
+        with log.open("wb") as handle:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(handle.fileno(), 2)
+            try:
+                yield log
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
