@@ -112,13 +112,14 @@ def _captured_stderr() -> Iterator[Path]:
     on sys.stderr): keep it for the message and the summary, off the screen."""
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "llama-quantize.log"
-        with log.open("wb") as handle:
+        with log.open("ab") as handle, log.open("a", errors="replace") as text:
             sys.stderr.flush()
             saved = os.dup(2)
             os.dup2(handle.fileno(), 2)
             try:
-                yield log
+                with contextlib.redirect_stderr(text):
+                    yield log
             finally:
-                sys.stderr.flush()
+                text.flush()
                 os.dup2(saved, 2)
                 os.close(saved)
