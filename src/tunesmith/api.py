@@ -49,9 +49,11 @@ from tunesmith.methods import count_parameters
 from tunesmith.models import (
     Precision,
     enable_gradient_checkpointing,
+    load_base_model,
     pick_device,
     resolve_precision,
 )
+from tunesmith.plan.measure import peak_memory_bytes, resident_bytes
 from tunesmith.runs import RunPaths
 from tunesmith.training import (
     TrainableModel,
@@ -65,8 +67,10 @@ from tunesmith.training import (
 
 if TYPE_CHECKING:
     from tunesmith.evaluate.run import EvalResult
+    from tunesmith.plan import Plan as PlanOfRun
+    from tunesmith.plan import PlanRequest
 
-__all__ = ["evaluate", "merge", "prepare_data", "serve", "train"]
+__all__ = ["evaluate", "merge", "plan", "prepare_data", "serve", "train"]
 
 
 def train(
@@ -83,6 +87,7 @@ def train(
     ``allow_mismatch`` continues a checkpoint whose settings differ (each one listed).
     """
     console = console or Console()
+    process_bytes = resident_bytes()  # before any model or data: the plan adds those
     processes = Processes.join()
     threads = configure_threads(config.train.threads, processes.local_world_size)
     paths = RunPaths(config.run_dir)
@@ -101,8 +106,11 @@ def train(
         config, trainable.objective, trainable.tokenizer, paths, write_report=processes.rank == 0
     )
     plan = _plan(config, trainable, data, processes, device, precision)
+    run_plan = None
     if processes.rank == 0:
+        run_plan, plan_line = _run_plan(config, trainable, data, device, process_bytes)
         console.print(_banner(config, trainable, data, plan, processes, threads))
+        console.print(plan_line, highlight=False)
         if precision.warning:
             console.print(f"[yellow]warning:[/yellow] {escape(precision.warning)}", highlight=False)
         for warning in data.report.split_warnings():
@@ -129,6 +137,7 @@ def train(
         paths, processes.rank, result, resume_from is not None, val_before, val_after,
         count_parameters(trainable.model),
     )  # fmt: skip
+    _record_memory(summary, run_plan, device)
     if processes.rank == 0:
         paths.summary.write_text(summary.to_json(), encoding="utf-8")
     processes.barrier()
@@ -267,6 +276,36 @@ def _run_loop(
     return result
 
 
+def _run_plan(
+    config: RunConfig,
+    trainable: TrainableModel,
+    data: TrainingData,
+    device: torch.device,
+    process_bytes: int,
+) -> tuple[PlanOfRun | None, str]:
+    """The run's plan and its one line; a plan that cannot be made is said, never fatal:
+    it advises, and the run it describes is already set up."""
+    from tunesmith.plan import PlanRequest, plan_prepared
+    from tunesmith.plan.render import one_line
+
+    try:
+        made = plan_prepared(
+            config, data.train, trainable.objective, trainable.tokenizer.pad_token_id,
+            PlanRequest(device=device.type, explore=False), process_bytes=process_bytes,
+        )  # fmt: skip
+    except Exception as error:
+        return None, f"plan: unavailable ({type(error).__name__}: {error})"
+    return made, one_line(made)
+
+
+def _record_memory(summary: TrainSummary, run_plan: PlanOfRun | None, device: torch.device) -> None:
+    """Predicted beside measured peak memory and throughput: the plan checks itself."""
+    summary.measured_peak_bytes, summary.peak_memory_source = peak_memory_bytes(device)
+    if run_plan is not None:
+        summary.predicted_peak_bytes = run_plan.memory.checked_bytes
+        summary.predicted_tokens_per_second = round(run_plan.time.tokens_per_second, 1)
+
+
 def _banner(
     config: RunConfig,
     trainable: TrainableModel,
@@ -379,6 +418,39 @@ def merge(
 
 def console_warning(message: str) -> None:
     Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+
+
+def plan(config: RunConfig, request: PlanRequest | None = None) -> PlanOfRun:
+    """Memory, time and cost of training ``config``, before training it (docs/plan.md).
+
+    The data is read, validated and tokenized exactly as `train` does; the model is built
+    on the meta device (no weights) and probed on a shallow copy. ``request.calibrate_steps``
+    times that many real steps on this machine first.
+    """
+    from tunesmith.cli_data import load_tokenizer
+    from tunesmith.objectives import build_objective
+    from tunesmith.plan import PlanRequest, plan_prepared
+    from tunesmith.plan.calibrate import calibrate
+
+    request = request or PlanRequest()
+    process_bytes = resident_bytes()
+    tokenizer = load_tokenizer(config)
+    objective = build_objective(
+        config.objective,
+        model_loader=lambda name: load_base_model(name, cache_dir=config.model.cache_dir).model,
+        base_model=config.model.name,
+    )
+    data = prepare_training_data(
+        config, objective, tokenizer, RunPaths(config.run_dir), write_report=False
+    )
+    calibrated = None
+    if request.calibrate_steps:
+        measured = calibrate(config, request.calibrate_steps)
+        calibrated = (measured.tokens_per_second, measured.steps)
+    return plan_prepared(
+        config, data.train, objective, tokenizer.pad_token_id, request,
+        calibrated=calibrated, process_bytes=process_bytes,
+    )  # fmt: skip
 
 
 def prepare_data(config: RunConfig, *, test: Sequence[Path] | None = None) -> PreparedRecords:

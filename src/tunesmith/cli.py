@@ -87,14 +87,7 @@ def train(
     ] = True,
 ) -> None:
     """Fine-tune a model. Every setting has a default: `tunesmith train --data my.jsonl` works."""
-    overrides = list(set_ or [])
-    if data:
-        overrides.append("data.train=[" + ",".join(f"'{p}'" for p in data) + "]")
-    run_config = load_config(config, overrides)
-    if not run_config.data.train:
-        raise ConfigError(
-            "no training data: pass --data FILE or set data.train in the config file."
-        )
+    run_config = _run_config(config, data, set_)
     if not evaluate:
         run_config.eval.enabled = False
 
@@ -120,6 +113,82 @@ def train(
             max_items=None,
             trust_remote_code=run_config.model.trust_remote_code,
         )
+
+
+def _run_config(config: Path | None, data: list[Path] | None, set_: list[str] | None):
+    """The run config of `train` and `plan`: the file, then --data, then --set."""
+    overrides = list(set_ or [])
+    if data:
+        overrides.append("data.train=[" + ",".join(f"'{p}'" for p in data) + "]")
+    run_config = load_config(config, overrides)
+    if not run_config.data.train:
+        raise ConfigError(
+            "no training data: pass --data FILE or set data.train in the config file."
+        )
+    return run_config
+
+
+@app.command()
+@friendly_errors
+def plan(
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config YAML, as for `tunesmith train`.")
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", "-d", help="Training data file(s); sets data.train."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a setting, e.g. --set train.batch_size=4."),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="auto (this machine), cpu, cuda, or a GPU such as a100-80gb, "
+            "h100-80gb, l4-24gb, t4-16gb."
+        ),
+    ] = "auto",
+    calibrate: Annotated[
+        int, typer.Option(help="Time this many real training steps here first (0: don't).")
+    ] = 0,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(help="Memory the run must fit in, e.g. 8GB; default: the device's."),
+    ] = None,
+    price_per_hour: Annotated[
+        float | None, typer.Option(help="$ per machine-hour; default: the device table's.")
+    ] = None,
+    api_price: Annotated[
+        float, typer.Option(help="$ per million trained tokens of a hosted fine-tuning API.")
+    ] = 25.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole plan as JSON.")] = False,
+) -> None:
+    """Memory, time and cost of a run before training it: fits or not, and what to change."""
+    import json
+
+    from tunesmith import api
+    from tunesmith.plan import PlanRequest
+    from tunesmith.plan.devices import lookup_device, parse_bytes
+    from tunesmith.plan.render import breakdown, one_line
+
+    if device != "auto":
+        lookup_device(device)  # an unknown name fails before any data is read
+    request = PlanRequest(
+        device=device, memory_limit=parse_bytes(memory_limit) if memory_limit else None,
+        calibrate_steps=calibrate, price_per_hour=price_per_hour, api_price_per_mtok=api_price,
+    )  # fmt: skip
+    run_config = _run_config(config, data, set_)
+    if not as_json:
+        err_console.print(
+            f"planning {run_config.run_dir.name} (reading the data, probing the model)"
+        )
+    made = api.plan(run_config, request)
+    if as_json:
+        sys.stdout.write(json.dumps(made.to_dict(), indent=2) + "\n")
+        return
+    console.print("\n".join(breakdown(made)), highlight=False)
+    console.print(one_line(made), highlight=False)
 
 
 def _print_train_summary(summary) -> None:
