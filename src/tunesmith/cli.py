@@ -282,6 +282,8 @@ def compare(
     for column in ("run", "method", "metric", "base zero-shot", "base few-shot", "fine-tuned"):
         table.add_column(column)
     table.add_column("verdict", max_width=60)
+    for column in ("peak predicted", "peak measured", "tokens/s"):
+        table.add_column(column, justify="right")
     for run_dir in run_dirs:
         results = RunPaths(run_dir).eval / "results.json"
         if not results.is_file():
@@ -295,8 +297,28 @@ def compare(
             primary["metric"],
             *(f"{values[name]['estimate']:.3f}" for name in comparison["systems"]),
             comparison["verdict"],
+            *_plan_columns(RunPaths(run_dir).summary),
         )
     console.print(table)
+
+
+def _plan_columns(summary_path: Path) -> list[str]:
+    """Predicted and measured peak memory (with the error) and tokens/s of a run."""
+    import json
+
+    from tunesmith.plan.render import size
+
+    if not summary_path.is_file():
+        return ["-", "-", "-"]
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    predicted, measured = summary.get("predicted_peak_bytes"), summary.get("measured_peak_bytes")
+    error = f" ({100 * (predicted / measured - 1):+.0f}%)" if predicted and measured else ""
+    source = f" {summary['peak_memory_source']}" if summary.get("peak_memory_source") else ""
+    return [
+        size(predicted) if predicted else "-",
+        f"{size(measured)}{source}{error}" if measured else "-",
+        f"{summary.get('real_tokens_per_second', 0):.0f}",
+    ]
 
 
 @app.command()
