@@ -69,8 +69,9 @@ if TYPE_CHECKING:
     from tunesmith.evaluate.run import EvalResult
     from tunesmith.plan import Plan as PlanOfRun
     from tunesmith.plan import PlanRequest
+    from tunesmith.plan.sweep import SweepResult
 
-__all__ = ["evaluate", "merge", "plan", "prepare_data", "serve", "train"]
+__all__ = ["evaluate", "merge", "plan", "prepare_data", "serve", "sweep", "train"]
 
 
 def train(
@@ -450,6 +451,38 @@ def plan(config: RunConfig, request: PlanRequest | None = None) -> PlanOfRun:
     return plan_prepared(
         config, data.train, objective, tokenizer.pad_token_id, request,
         calibrated=calibrated, process_bytes=process_bytes,
+    )  # fmt: skip
+
+
+def sweep(
+    config_path: Path,
+    space_path: Path,
+    *,
+    overrides: Sequence[str] = (),
+    trials: int = 10,
+    budget_seconds: float | None = None,
+    directory: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> SweepResult:
+    """Search ``space_path`` around the run of ``config_path`` with Optuna (docs/plan.md).
+
+    A budget below one trial's plan is refused before anything trains; the study is kept
+    in ``directory``/study.db (default: the run directory + ``-sweep``) and continues there.
+    """
+    from tunesmith.config import load_config
+    from tunesmith.plan import PlanRequest
+    from tunesmith.plan.space import load_space
+    from tunesmith.plan.sweep import check_budget, run_sweep
+
+    space = load_space(space_path)
+    base = load_config(config_path, list(overrides))
+    if budget_seconds is not None:
+        one_trial = plan(base, PlanRequest(explore=False)).time.seconds
+        check_budget(budget_seconds, one_trial, f"{budget_seconds:.0f}s")
+    target = directory or base.run_dir.with_name(base.run_dir.name + "-sweep")
+    return run_sweep(
+        config_path, overrides, base, space, trials=trials, budget_seconds=budget_seconds,
+        directory=target, say=say,
     )  # fmt: skip
 
 

@@ -191,6 +191,61 @@ def plan(
     console.print(one_line(made), highlight=False)
 
 
+@app.command()
+@friendly_errors
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Run config YAML whose run is searched around.")],
+    space: Annotated[
+        Path,
+        typer.Option(
+            "--space",
+            help="Search space YAML (docs/plan.md), e.g. "
+            "learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}.",
+        ),
+    ],
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the study (all runs).")] = 10,
+    budget: Annotated[
+        str | None, typer.Option(help="Wall-clock budget such as 30m or 2h; no new trial after.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a setting of every trial."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Sweep directory (study.db, trials/); default RUN-sweep.")
+    ] = None,
+) -> None:
+    """Optuna search (TPE, pruned on validation loss), one process per trial, a tested winner."""
+    from rich.table import Table
+
+    from tunesmith import api
+    from tunesmith.plan.sweep import parse_duration, ranked
+
+    budget_seconds = parse_duration(budget) if budget else None
+    result = api.sweep(
+        config, space, overrides=list(set_ or []), trials=trials,
+        budget_seconds=budget_seconds, directory=out,
+        say=lambda line: console.print(escape(line), highlight=False),
+    )  # fmt: skip
+    table = Table(title=f"sweep {result.directory}: trials by task metric")
+    for column in ("rank", "trial", "settings", "metric", "score", "seconds"):
+        table.add_column(column)
+    for rank, trial in enumerate(ranked(result.trials), start=1):
+        settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in trial.params.items())  # fmt: skip
+        table.add_row(str(rank), str(trial.number), settings, trial.metric or "-",
+                      f"{abs(trial.score):.4f}", f"{trial.seconds:.0f}")  # fmt: skip
+    console.print(table)
+    pruned = sum(t.state == "pruned" for t in result.trials)
+    failed = sum(t.state == "failed" for t in result.trials)
+    console.print(f"{len(result.trials)} trial(s): {pruned} pruned, {failed} failed")
+    console.print(escape(result.verdict), highlight=False)
+    if result.best_config:
+        console.print(f"best config: {result.best_config}")
+    if result.plot:
+        console.print(f"score vs cost: {result.plot}")
+
+
 def _print_train_summary(summary) -> None:
     resumed = summary.resumed_at_step
     if resumed is not None and resumed == summary.steps:
