@@ -85,7 +85,10 @@ def settings_for(method: str, batch: int, length: int, data: Path, out: Path) ->
 def tunesmith(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "tunesmith.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(args[:1])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done
 
 
 def measure(method: str, batch: int, length: int, steps: int, calibrate: int) -> dict:

@@ -92,3 +92,12 @@ def test_compare_columns_show_the_plan_error(tmp_path: Path) -> None:
                                    "real_tokens_per_second": 250.4}))  # fmt: skip
     assert _plan_columns(summary) == ["1.10 GB", "1.00 GB peak RSS (+10%)", "250"]
     assert _plan_columns(tmp_path / "missing.json") == ["-", "-", "-"]
+
+
+def test_calibration_times_real_steps(run_setup: tuple[Path, Path]) -> None:
+    config, _ = run_setup
+    result = _plan(config, "--json", "--device", "cpu", "--calibrate", "2")
+    assert result.exit_code == 0, result.output
+    timing = json.loads(result.stdout)["time"]
+    assert timing["source"] == "calibrated on 2 steps"
+    assert timing["tokens_per_second"] > 0 and timing["seconds_per_step"] > 0

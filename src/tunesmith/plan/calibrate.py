@@ -47,7 +47,7 @@ def calibrate(run: RunConfig, steps: int) -> Calibration:
         summary = api.train(trial, console=Console(file=io.StringIO()), show_progress=False)
         records = _step_records(summary.run_dir / "metrics.jsonl")
     rate, per_step = _rate_after_first(records)
-    return Calibration(steps, rate, per_step, summary.peak_memory_bytes)
+    return Calibration(steps, rate, per_step, summary.measured_peak_bytes)
 
 
 def _step_records(path: Path) -> list[dict[str, float]]:
