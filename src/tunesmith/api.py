@@ -88,7 +88,7 @@ def train(
     ``allow_mismatch`` continues a checkpoint whose settings differ (each one listed).
     """
     console = console or Console()
-    process_bytes = resident_bytes()  # before any model or data: the plan adds those
+    process_bytes = resident_bytes()  # before the model: the plan counts its weights itself
     processes = Processes.join()
     threads = configure_threads(config.train.threads, processes.local_world_size)
     paths = RunPaths(config.run_dir)
@@ -103,9 +103,11 @@ def train(
     if processes.rank == 0:
         paths.config.write_text(config.to_yaml(), encoding="utf-8")
     trainable = build_trainable_model(config, device=device, dtype=precision.weights)
+    with_model = resident_bytes()
     data = prepare_training_data(
         config, trainable.objective, trainable.tokenizer, paths, write_report=processes.rank == 0
     )
+    process_bytes += resident_bytes() - with_model  # the tokenized data, not the weights
     plan = _plan(config, trainable, data, processes, device, precision)
     run_plan = None
     if processes.rank == 0:
@@ -434,7 +436,6 @@ def plan(config: RunConfig, request: PlanRequest | None = None) -> PlanOfRun:
     from tunesmith.plan.calibrate import calibrate
 
     request = request or PlanRequest()
-    process_bytes = resident_bytes()
     tokenizer = load_tokenizer(config)
     objective = build_objective(
         config.objective,
@@ -444,6 +445,7 @@ def plan(config: RunConfig, request: PlanRequest | None = None) -> PlanOfRun:
     data = prepare_training_data(
         config, objective, tokenizer, RunPaths(config.run_dir), write_report=False
     )
+    process_bytes = resident_bytes()  # imports, tokenizer and data: what a run holds too
     calibrated = None
     if request.calibrate_steps:
         measured = calibrate(config, request.calibrate_steps)

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from tunesmith.plan.devices import DeviceSpec
+from tunesmith.plan.devices import (
+    CPU_HEAP_RETENTION,
+    CPU_RUNTIME_BYTES,
+    CUDA_CONTEXT_BYTES,
+    DeviceSpec,
+)
 from tunesmith.plan.probe import ProbeResult
 from tunesmith.plan.weights import ParameterMemory
 from tunesmith.plan.workload import Workload
@@ -135,13 +140,16 @@ def memory_plan(
     if device.kind == "cuda":
         components["CUDA context (estimate)"] = _cuda_context()
         return MemoryPlan(components, tensors, tensors + components["CUDA context (estimate)"])
+    components["heap the allocator keeps (CPU)"] = round(
+        working * activation_scale * (CPU_HEAP_RETENTION - 1)
+    )
     components["process (interpreter, libraries, data)"] = process_bytes
-    return MemoryPlan(components, tensors + process_bytes, tensors + process_bytes)
+    components["training runtime (autograd, kernels, threads)"] = CPU_RUNTIME_BYTES
+    total = sum(components.values())
+    return MemoryPlan(components, total, total)
 
 
 def _cuda_context() -> int:
-    from tunesmith.plan.devices import CUDA_CONTEXT_BYTES
-
     return CUDA_CONTEXT_BYTES
 
 
