@@ -95,10 +95,11 @@ def plan_prepared(
     probe_device = (
         torch.device("cuda") if device.kind == "cuda" and device.local else torch.device("cpu")
     )
+    if process_bytes is None:
+        process_bytes = resident_bytes()
     context = _Context(
-        run, examples, objective, pad_token_id, device, precision, probe_device,
-        resident_bytes() if process_bytes is None else process_bytes,
-    )  # fmt: skip
+        run, examples, objective, pad_token_id, device, precision, probe_device, process_bytes
+    )
     workload = _workload(context, run)
     model_config = load_model_config(
         str(resolve_model_path(run.model.name, run.model.cache_dir)),
@@ -111,25 +112,32 @@ def plan_prepared(
     timing = time_plan(
         probe, workload, device, calibrated_tokens_per_second=rate, calibration_steps=steps
     )
+    price = device.price_per_hour if request.price_per_hour is None else request.price_per_hour
+    trained_tokens = round(workload.real_tokens_per_epoch * workload.epochs)
     plan = Plan(
-        model=str(run.model.name), method=run.method.name, device=device.name,
-        precision=precision.name if precision.compute == precision.weights
-        else f"{precision.name} autocast, weights {_dtype(precision.weights)}",
-        gradient_checkpointing=run.train.gradient_checkpointing, parameters=parameters,
-        workload=workload, memory=memory, time=timing,
-        cost=cost_plan(timing, round(workload.real_tokens_per_epoch * workload.epochs),
-                       device.price_per_hour if request.price_per_hour is None
-                       else request.price_per_hour, request.api_price_per_mtok),
+        model=str(run.model.name),
+        method=run.method.name,
+        device=device.name,
+        precision=_precision_name(precision),
+        gradient_checkpointing=run.train.gradient_checkpointing,
+        parameters=parameters,
+        workload=workload,
+        memory=memory,
+        time=timing,
+        cost=cost_plan(timing, trained_tokens, price, request.api_price_per_mtok),
         limit_bytes=request.memory_limit or device.memory_bytes,
         limit_source="--memory-limit" if request.memory_limit else f"{device.name} memory",
-    )  # fmt: skip
+    )
     if request.explore:
         _explore(context, plan, model_config, probe)
     return plan
 
 
-def _dtype(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+def _precision_name(precision: Precision) -> str:
+    if precision.compute == precision.weights:
+        return precision.name
+    weights = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return f"{precision.name} autocast, weights {weights[precision.weights]}"
 
 
 def _workload(context: _Context, run: RunConfig) -> Workload:
