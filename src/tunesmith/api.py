@@ -433,6 +433,7 @@ def plan(config: RunConfig, request: PlanRequest | None = None) -> PlanOfRun:
     from tunesmith.cli_data import load_tokenizer
     from tunesmith.objectives import build_objective
     from tunesmith.plan import PlanRequest, plan_prepared
+    from tunesmith.plan.build import with_calibration
     from tunesmith.plan.calibrate import calibrate
 
     request = request or PlanRequest()
@@ -446,14 +447,14 @@ def plan(config: RunConfig, request: PlanRequest | None = None) -> PlanOfRun:
         config, objective, tokenizer, RunPaths(config.run_dir), write_report=False
     )
     process_bytes = resident_bytes()  # imports, tokenizer and data: what a run holds too
-    calibrated = None
-    if request.calibrate_steps:
-        measured = calibrate(config, request.calibrate_steps)
-        calibrated = (measured.tokens_per_second, measured.steps)
-    return plan_prepared(
+    made = plan_prepared(
         config, data.train, objective, tokenizer.pad_token_id, request,
-        calibrated=calibrated, process_bytes=process_bytes,
+        process_bytes=process_bytes,
     )  # fmt: skip
+    if request.calibrate_steps:  # after the probe: a run in this process must not affect it
+        measured = calibrate(config, request.calibrate_steps)
+        made = with_calibration(made, measured.tokens_per_second, measured.steps, request)
+    return made
 
 
 def sweep(

@@ -86,7 +86,6 @@ def plan_prepared(
     pad_token_id: int,
     request: PlanRequest,
     *,
-    calibrated: tuple[float, int] | None = None,
     process_bytes: int | None = None,
 ) -> Plan:
     """The plan of ``run`` over its tokenized training ``examples``."""
@@ -108,10 +107,7 @@ def plan_prepared(
     parameters = parameter_memory(run, model_config, objective, weights_dtype=precision.weights)
     probe = _probe(context, run, model_config, workload)
     memory = memory_plan(parameters, probe, device, context.process_bytes)
-    rate, steps = calibrated if calibrated else (None, 0)
-    timing = time_plan(
-        probe, workload, device, calibrated_tokens_per_second=rate, calibration_steps=steps
-    )
+    timing = time_plan(probe, workload, device)
     price = device.price_per_hour if request.price_per_hour is None else request.price_per_hour
     trained_tokens = round(workload.real_tokens_per_epoch * workload.epochs)
     plan = Plan(
@@ -127,9 +123,25 @@ def plan_prepared(
         cost=cost_plan(timing, trained_tokens, price, request.api_price_per_mtok),
         limit_bytes=request.memory_limit or device.memory_bytes,
         limit_source="--memory-limit" if request.memory_limit else f"{device.name} memory",
+        probe=probe,
     )
     if request.explore:
         _explore(context, plan, model_config, probe)
+    return plan
+
+
+def with_calibration(
+    plan: Plan, tokens_per_second: float, steps: int, request: PlanRequest
+) -> Plan:
+    """``plan`` with its time and cost from a calibration run instead of the device table."""
+    device = resolve_device(request.device)
+    timing = time_plan(
+        plan.probe, plan.workload, device,
+        calibrated_tokens_per_second=tokens_per_second, calibration_steps=steps,
+    )  # fmt: skip
+    price = device.price_per_hour if request.price_per_hour is None else request.price_per_hour
+    plan.time = timing
+    plan.cost = cost_plan(timing, plan.trained_tokens, price, request.api_price_per_mtok)
     return plan
 
 

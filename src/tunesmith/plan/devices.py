@@ -33,7 +33,7 @@ CPU_RUNTIME_BYTES = 160 * 1000**2
 kernel caches, thread pools, checkpoint writer): measured as the peak RSS of a tiny-model
 run minus its tensors (tests/plan/test_memory_limit.py's run)."""
 
-CPU_HEAP_RETENTION = 1.7
+CPU_HEAP_RETENTION = 1.4
 """Peak RSS per byte of a step's working set on CPU: glibc keeps freed activation memory
 in its heap and the next step's differently sized tensors do not all fit the holes.
 Fitted by `benchmarks/plan_accuracy.py` (docs/plan.md); 1.0 would be a perfect allocator."""

@@ -82,6 +82,8 @@ class Plan:
     largest_batch: int | None = None
     largest_batch_capped: bool = False
     suggestions: list[Suggestion] = field(default_factory=list)
+    probe: ProbeResult | None = None
+    """The measurement the memory and FLOPs come from (kept to re-time the plan)."""
 
     @property
     def fits(self) -> bool:
