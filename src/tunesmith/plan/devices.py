@@ -21,9 +21,10 @@ from tunesmith.errors import TunesmithError
 GB = 1000**3
 GIB = 1024**3
 
-CPU_EFFICIENCY = 0.25
-"""Share of the matmul probe's GFLOP/s a training step reaches on CPU; measured by
-`benchmarks/plan_accuracy.py` (docs/plan.md), used only without --calibrate."""
+CPU_EFFICIENCY = 0.17
+"""Share of the matmul probe's GFLOP/s a training step reaches on CPU: the median of the
+adapter runs of `benchmarks/plan_accuracy.py` (0.12-0.19 on 2 shared cores; full
+fine-tuning reaches less). A rough guide, used only without --calibrate."""
 
 GPU_EFFICIENCY = 0.35
 """Share of dense bf16 peak assumed for small-model fine-tuning on a GPU (not measured)."""
