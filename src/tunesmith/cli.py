@@ -337,8 +337,9 @@ def compare(
     for column in ("run", "method", "metric", "base zero-shot", "base few-shot", "fine-tuned"):
         table.add_column(column)
     table.add_column("verdict", max_width=60)
-    for column in ("peak predicted", "peak measured", "tokens/s"):
-        table.add_column(column, justify="right")
+    plans = Table(title="the plan checked: peak memory and speed of each run")
+    for column in ("run", "peak predicted", "peak measured", "tokens/s"):
+        plans.add_column(column, justify="left" if column == "run" else "right")
     for run_dir in run_dirs:
         results = RunPaths(run_dir).eval / "results.json"
         if not results.is_file():
@@ -352,9 +353,10 @@ def compare(
             primary["metric"],
             *(f"{values[name]['estimate']:.3f}" for name in comparison["systems"]),
             comparison["verdict"],
-            *_plan_columns(RunPaths(run_dir).summary),
         )
+        plans.add_row(str(run_dir), *_plan_columns(RunPaths(run_dir).summary))
     console.print(table)
+    console.print(plans)
 
 
 def _plan_columns(summary_path: Path) -> list[str]:
