@@ -49,9 +49,11 @@ from tunesmith.methods import count_parameters
 from tunesmith.models import (
     Precision,
     enable_gradient_checkpointing,
+    load_base_model,
     pick_device,
     resolve_precision,
 )
+from tunesmith.plan.measure import peak_memory_bytes, resident_bytes
 from tunesmith.runs import RunPaths
 from tunesmith.training import (
     TrainableModel,
@@ -70,15 +72,20 @@ if TYPE_CHECKING:
     from tunesmith.export.result import ExportResult
     from tunesmith.monitor.retrain import RetrainResult
     from tunesmith.monitor.run import MonitorResult
+    from tunesmith.plan import Plan as PlanOfRun
+    from tunesmith.plan import PlanRequest
+    from tunesmith.plan.sweep import SweepResult
 
 __all__ = [
     "evaluate",
     "export",
     "merge",
     "monitor",
+    "plan",
     "prepare_data",
     "retrain",
     "serve",
+    "sweep",
     "train",
 ]
 
@@ -97,6 +104,7 @@ def train(
     ``allow_mismatch`` continues a checkpoint whose settings differ (each one listed).
     """
     console = console or Console()
+    process_bytes = resident_bytes()  # before the model: the plan counts its weights itself
     processes = Processes.join()
     threads = configure_threads(config.train.threads, processes.local_world_size)
     paths = RunPaths(config.run_dir)
@@ -111,12 +119,17 @@ def train(
     if processes.rank == 0:
         paths.config.write_text(config.to_yaml(), encoding="utf-8")
     trainable = build_trainable_model(config, device=device, dtype=precision.weights)
+    with_model = resident_bytes()
     data = prepare_training_data(
         config, trainable.objective, trainable.tokenizer, paths, write_report=processes.rank == 0
     )
+    process_bytes += resident_bytes() - with_model  # the tokenized data, not the weights
     plan = _plan(config, trainable, data, processes, device, precision)
+    run_plan = None
     if processes.rank == 0:
+        run_plan, plan_line = _run_plan(config, trainable, data, device, process_bytes)
         console.print(_banner(config, trainable, data, plan, processes, threads))
+        console.print(plan_line, highlight=False)
         if precision.warning:
             console.print(f"[yellow]warning:[/yellow] {escape(precision.warning)}", highlight=False)
         for warning in data.report.split_warnings():
@@ -143,6 +156,7 @@ def train(
         paths, processes.rank, result, resume_from is not None, val_before, val_after,
         count_parameters(trainable.model),
     )  # fmt: skip
+    _record_memory(summary, run_plan, device)
     if processes.rank == 0:
         paths.summary.write_text(summary.to_json(), encoding="utf-8")
     processes.barrier()
@@ -279,6 +293,36 @@ def _run_loop(
         )
     trackers.close()
     return result
+
+
+def _run_plan(
+    config: RunConfig,
+    trainable: TrainableModel,
+    data: TrainingData,
+    device: torch.device,
+    process_bytes: int,
+) -> tuple[PlanOfRun | None, str]:
+    """The run's plan and its one line; a plan that cannot be made is said, never fatal:
+    it advises, and the run it describes is already set up."""
+    from tunesmith.plan import PlanRequest, plan_prepared
+    from tunesmith.plan.render import one_line
+
+    try:
+        made = plan_prepared(
+            config, data.train, trainable.objective, trainable.tokenizer.pad_token_id,
+            PlanRequest(device=device.type, explore=False), process_bytes=process_bytes,
+        )  # fmt: skip
+    except Exception as error:
+        return None, f"plan: unavailable ({type(error).__name__}: {error})"
+    return made, one_line(made)
+
+
+def _record_memory(summary: TrainSummary, run_plan: PlanOfRun | None, device: torch.device) -> None:
+    """Predicted beside measured peak memory and throughput: the plan checks itself."""
+    summary.measured_peak_bytes, summary.peak_memory_source = peak_memory_bytes(device)
+    if run_plan is not None:
+        summary.predicted_peak_bytes = run_plan.memory.checked_bytes
+        summary.predicted_tokens_per_second = round(run_plan.time.tokens_per_second, 1)
 
 
 def _banner(
@@ -418,6 +462,72 @@ def export(
 
 def console_warning(message: str) -> None:
     Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+
+
+def plan(config: RunConfig, request: PlanRequest | None = None) -> PlanOfRun:
+    """Memory, time and cost of training ``config``, before training it (docs/plan.md).
+
+    The data is read, validated and tokenized exactly as `train` does; the model is built
+    on the meta device (no weights) and probed on a shallow copy. ``request.calibrate_steps``
+    times that many real steps on this machine first.
+    """
+    from tunesmith.cli_data import load_tokenizer
+    from tunesmith.objectives import build_objective
+    from tunesmith.plan import PlanRequest, plan_prepared
+    from tunesmith.plan.build import with_calibration
+    from tunesmith.plan.calibrate import calibrate
+
+    request = request or PlanRequest()
+    tokenizer = load_tokenizer(config)
+    objective = build_objective(
+        config.objective,
+        model_loader=lambda name: load_base_model(name, cache_dir=config.model.cache_dir).model,
+        base_model=config.model.name,
+    )
+    data = prepare_training_data(
+        config, objective, tokenizer, RunPaths(config.run_dir), write_report=False
+    )
+    process_bytes = resident_bytes()  # imports, tokenizer and data: what a run holds too
+    made = plan_prepared(
+        config, data.train, objective, tokenizer.pad_token_id, request,
+        process_bytes=process_bytes,
+    )  # fmt: skip
+    if request.calibrate_steps:  # after the probe: a run in this process must not affect it
+        measured = calibrate(config, request.calibrate_steps)
+        made = with_calibration(made, measured.tokens_per_second, measured.steps, request)
+    return made
+
+
+def sweep(
+    config_path: Path,
+    space_path: Path,
+    *,
+    overrides: Sequence[str] = (),
+    trials: int = 10,
+    budget_seconds: float | None = None,
+    directory: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> SweepResult:
+    """Search ``space_path`` around the run of ``config_path`` with Optuna (docs/plan.md).
+
+    A budget below one trial's plan is refused before anything trains; the study is kept
+    in ``directory``/study.db (default: the run directory + ``-sweep``) and continues there.
+    """
+    from tunesmith.config import load_config
+    from tunesmith.plan import PlanRequest
+    from tunesmith.plan.space import load_space
+    from tunesmith.plan.sweep import check_budget, run_sweep
+
+    space = load_space(space_path)
+    base = load_config(config_path, list(overrides))
+    if budget_seconds is not None:
+        one_trial = plan(base, PlanRequest(explore=False)).time.seconds
+        check_budget(budget_seconds, one_trial, f"{budget_seconds:.0f}s")
+    target = directory or base.run_dir.with_name(base.run_dir.name + "-sweep")
+    return run_sweep(
+        config_path, overrides, base, space, trials=trials, budget_seconds=budget_seconds,
+        directory=target, say=say,
+    )  # fmt: skip
 
 
 def prepare_data(config: RunConfig, *, test: Sequence[Path] | None = None) -> PreparedRecords:

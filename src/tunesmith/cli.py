@@ -87,14 +87,7 @@ def train(
     ] = True,
 ) -> None:
     """Fine-tune a model. Every setting has a default: `tunesmith train --data my.jsonl` works."""
-    overrides = list(set_ or [])
-    if data:
-        overrides.append("data.train=[" + ",".join(f"'{p}'" for p in data) + "]")
-    run_config = load_config(config, overrides)
-    if not run_config.data.train:
-        raise ConfigError(
-            "no training data: pass --data FILE or set data.train in the config file."
-        )
+    run_config = _run_config(config, data, set_)
     if not evaluate:
         run_config.eval.enabled = False
 
@@ -120,6 +113,137 @@ def train(
             max_items=None,
             trust_remote_code=run_config.model.trust_remote_code,
         )
+
+
+def _run_config(config: Path | None, data: list[Path] | None, set_: list[str] | None):
+    """The run config of `train` and `plan`: the file, then --data, then --set."""
+    overrides = list(set_ or [])
+    if data:
+        overrides.append("data.train=[" + ",".join(f"'{p}'" for p in data) + "]")
+    run_config = load_config(config, overrides)
+    if not run_config.data.train:
+        raise ConfigError(
+            "no training data: pass --data FILE or set data.train in the config file."
+        )
+    return run_config
+
+
+@app.command()
+@friendly_errors
+def plan(
+    config: Annotated[
+        Path | None, typer.Argument(help="Run config YAML, as for `tunesmith train`.")
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", "-d", help="Training data file(s); sets data.train."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a setting, e.g. --set train.batch_size=4."),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="auto (this machine), cpu, cuda, or a GPU such as a100-80gb, "
+            "h100-80gb, l4-24gb, t4-16gb."
+        ),
+    ] = "auto",
+    calibrate: Annotated[
+        int, typer.Option(help="Time this many real training steps here first (0: don't).")
+    ] = 0,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(help="Memory the run must fit in, e.g. 8GB; default: the device's."),
+    ] = None,
+    price_per_hour: Annotated[
+        float | None, typer.Option(help="$ per machine-hour; default: the device table's.")
+    ] = None,
+    api_price: Annotated[
+        float, typer.Option(help="$ per million trained tokens of a hosted fine-tuning API.")
+    ] = 25.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole plan as JSON.")] = False,
+) -> None:
+    """Memory, time and cost of a run before training it: fits or not, and what to change."""
+    import json
+
+    from tunesmith import api
+    from tunesmith.plan import PlanRequest
+    from tunesmith.plan.devices import lookup_device, parse_bytes
+    from tunesmith.plan.render import breakdown, one_line
+
+    if device != "auto":
+        lookup_device(device)  # an unknown name fails before any data is read
+    request = PlanRequest(
+        device=device, memory_limit=parse_bytes(memory_limit) if memory_limit else None,
+        calibrate_steps=calibrate, price_per_hour=price_per_hour, api_price_per_mtok=api_price,
+    )  # fmt: skip
+    run_config = _run_config(config, data, set_)
+    if not as_json:
+        err_console.print(
+            f"planning {run_config.run_dir.name} (reading the data, probing the model)"
+        )
+    made = api.plan(run_config, request)
+    if as_json:
+        sys.stdout.write(json.dumps(made.to_dict(), indent=2) + "\n")
+        return
+    console.print("\n".join(breakdown(made)), highlight=False)
+    console.print(one_line(made), highlight=False)
+
+
+@app.command()
+@friendly_errors
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Run config YAML whose run is searched around.")],
+    space: Annotated[
+        Path,
+        typer.Option(
+            "--space",
+            help="Search space YAML (docs/plan.md), e.g. "
+            "learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}.",
+        ),
+    ],
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the study (all runs).")] = 10,
+    budget: Annotated[
+        str | None, typer.Option(help="Wall-clock budget such as 30m or 2h; no new trial after.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a setting of every trial."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Sweep directory (study.db, trials/); default RUN-sweep.")
+    ] = None,
+) -> None:
+    """Optuna search (TPE, pruned on validation loss), one process per trial, a tested winner."""
+    from rich.table import Table
+
+    from tunesmith import api
+    from tunesmith.plan.sweep import parse_duration, ranked
+
+    budget_seconds = parse_duration(budget) if budget else None
+    result = api.sweep(
+        config, space, overrides=list(set_ or []), trials=trials,
+        budget_seconds=budget_seconds, directory=out,
+        say=lambda line: console.print(escape(line), highlight=False),
+    )  # fmt: skip
+    table = Table(title=f"sweep {result.directory}: trials by task metric")
+    for column in ("rank", "trial", "settings", "metric", "score", "seconds"):
+        table.add_column(column)
+    for rank, trial in enumerate(ranked(result.trials), start=1):
+        settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in trial.params.items())  # fmt: skip
+        table.add_row(str(rank), str(trial.number), settings, trial.metric or "-",
+                      f"{abs(trial.score):.4f}", f"{trial.seconds:.0f}")  # fmt: skip
+    console.print(table)
+    pruned = sum(t.state == "pruned" for t in result.trials)
+    failed = sum(t.state == "failed" for t in result.trials)
+    console.print(f"{len(result.trials)} trial(s): {pruned} pruned, {failed} failed")
+    console.print(escape(result.verdict), highlight=False)
+    if result.best_config:
+        console.print(f"best config: {result.best_config}")
+    if result.plot:
+        console.print(f"score vs cost: {result.plot}")
 
 
 def _print_train_summary(summary) -> None:
@@ -213,6 +337,9 @@ def compare(
     for column in ("run", "method", "metric", "base zero-shot", "base few-shot", "fine-tuned"):
         table.add_column(column)
     table.add_column("verdict", max_width=60)
+    plans = Table(title="the plan checked: peak memory and speed of each run")
+    for column in ("run", "peak predicted", "peak measured", "tokens/s"):
+        plans.add_column(column, justify="left" if column == "run" else "right")
     for run_dir in run_dirs:
         results = RunPaths(run_dir).eval / "results.json"
         if not results.is_file():
@@ -227,7 +354,28 @@ def compare(
             *(f"{values[name]['estimate']:.3f}" for name in comparison["systems"]),
             comparison["verdict"],
         )
+        plans.add_row(str(run_dir), *_plan_columns(RunPaths(run_dir).summary))
     console.print(table)
+    console.print(plans)
+
+
+def _plan_columns(summary_path: Path) -> list[str]:
+    """Predicted and measured peak memory (with the error) and tokens/s of a run."""
+    import json
+
+    from tunesmith.plan.render import size
+
+    if not summary_path.is_file():
+        return ["-", "-", "-"]
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    predicted, measured = summary.get("predicted_peak_bytes"), summary.get("measured_peak_bytes")
+    error = f" ({100 * (predicted / measured - 1):+.0f}%)" if predicted and measured else ""
+    source = f" {summary['peak_memory_source']}" if summary.get("peak_memory_source") else ""
+    return [
+        size(predicted) if predicted else "-",
+        f"{size(measured)}{source}{error}" if measured else "-",
+        f"{summary.get('real_tokens_per_second', 0):.0f}",
+    ]
 
 
 @app.command()

@@ -55,6 +55,12 @@ class TrainSummary:
     stopped_early: bool
     stopped_by_signal: bool
     warnings: list[str] = field(default_factory=list)
+    predicted_peak_bytes: int | None = None
+    """The plan's peak before the first step (None when it could not be made)."""
+    measured_peak_bytes: int | None = None
+    """Peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA (`peak_memory_source`)."""
+    peak_memory_source: str | None = None
+    predicted_tokens_per_second: float | None = None
 
     def to_json(self) -> str:
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}

@@ -1,0 +1,190 @@
+"""The plan itself: memory by component, tokens, FLOPs, time and cost, and a verdict.
+
+Each figure comes from one place: parameter bytes from the meta-device model
+(`weights`), what a step allocates from the shallow probe (`probe`), token counts from
+the real batches (`workload`), the machine from `devices`. This module only adds them up
+and compares the sum with the memory there is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from tunesmith.plan.devices import (
+    CPU_HEAP_RETENTION,
+    CPU_RUNTIME_BYTES,
+    CUDA_CONTEXT_BYTES,
+    DeviceSpec,
+)
+from tunesmith.plan.probe import ProbeResult
+from tunesmith.plan.weights import ParameterMemory
+from tunesmith.plan.workload import Workload
+
+ADAM_STATES = 2
+"""AdamW keeps two moments per trainable parameter, in the parameter's dtype."""
+
+DEFAULT_API_PRICE_PER_MTOK = 25.0
+"""$ per million trained tokens of a hosted fine-tuning API (GPT-4o's list price)."""
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Predicted peak bytes by component; ``checked_bytes`` is what a run measures
+    (peak RSS on CPU, max_memory_allocated on CUDA), ``total_bytes`` what must fit."""
+
+    components: dict[str, int]
+    checked_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class TimePlan:
+    flops_per_token: float
+    total_flops: float
+    tokens_per_second: float
+    seconds: float
+    source: str
+    """'calibrated on N steps' or 'device peak x efficiency'."""
+    seconds_per_step: float | None = None
+
+
+@dataclass(frozen=True)
+class CostPlan:
+    price_per_hour: float
+    machine_dollars: float
+    api_price_per_mtok: float
+    api_dollars: float
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    change: str
+    total_bytes: int
+    fits: bool
+
+
+@dataclass
+class Plan:
+    """Everything `tunesmith plan` prints (and `--json` writes)."""
+
+    model: str
+    method: str
+    device: str
+    precision: str
+    gradient_checkpointing: bool
+    parameters: ParameterMemory
+    workload: Workload
+    memory: MemoryPlan
+    time: TimePlan
+    cost: CostPlan
+    limit_bytes: int
+    limit_source: str
+    largest_batch: int | None = None
+    largest_batch_capped: bool = False
+    suggestions: list[Suggestion] = field(default_factory=list)
+    probe: ProbeResult | None = None
+    """The measurement the memory and FLOPs come from (kept to re-time the plan)."""
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.total_bytes <= self.limit_bytes
+
+    @property
+    def trained_tokens(self) -> int:
+        """Non-padding tokens over the whole run (how per-token APIs bill training)."""
+        return round(self.workload.real_tokens_per_epoch * self.workload.epochs)
+
+    def to_dict(self) -> dict[str, object]:
+        workload = {k: v for k, v in asdict(self.workload).items() if k != "largest_piece"}
+        return {
+            "model": self.model,
+            "method": self.method,
+            "device": self.device,
+            "precision": self.precision,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "total_predicted_peak_bytes": self.memory.total_bytes,
+            "checked_peak_bytes": self.memory.checked_bytes,
+            "memory_components": self.memory.components,
+            "memory_limit_bytes": self.limit_bytes,
+            "memory_limit_source": self.limit_source,
+            "fits": self.fits,
+            "largest_batch_that_fits": self.largest_batch,
+            "largest_batch_capped": self.largest_batch_capped,
+            "suggestions": [asdict(s) for s in self.suggestions],
+            "parameters": asdict(self.parameters),
+            "workload": workload,
+            "trained_tokens": self.trained_tokens,
+            "time": asdict(self.time),
+            "cost": asdict(self.cost),
+        }
+
+
+def memory_plan(
+    parameters: ParameterMemory,
+    probe: ProbeResult,
+    device: DeviceSpec,
+    process_bytes: int,
+    *,
+    activation_scale: float = 1.0,
+) -> MemoryPlan:
+    """Sum the components; ``activation_scale`` stretches the probed working set to a
+    wider piece (another batch size or max_tokens_per_forward)."""
+    optimizer = parameters.trainable_bytes * (1 + ADAM_STATES)  # gradients + two moments
+    working = max(0, probe.peak_bytes - optimizer)
+    components = {
+        f"frozen weights ({dtype})": size
+        for dtype, size in parameters.frozen_bytes_by_dtype.items()
+    }
+    components["trainable weights"] = parameters.trainable_bytes
+    components["gradients + AdamW moments"] = optimizer
+    components["activations, logits, temporaries"] = round(working * activation_scale)
+    tensors = sum(components.values())
+    if device.kind == "cuda":
+        components["CUDA context (estimate)"] = _cuda_context()
+        return MemoryPlan(components, tensors, tensors + components["CUDA context (estimate)"])
+    components["heap the allocator keeps (CPU)"] = round(
+        working * activation_scale * (CPU_HEAP_RETENTION - 1)
+    )
+    components["process (interpreter, libraries, data)"] = process_bytes
+    components["training runtime (autograd, kernels, threads)"] = CPU_RUNTIME_BYTES
+    total = sum(components.values())
+    return MemoryPlan(components, total, total)
+
+
+def _cuda_context() -> int:
+    return CUDA_CONTEXT_BYTES
+
+
+def time_plan(
+    probe: ProbeResult,
+    workload: Workload,
+    device: DeviceSpec,
+    *,
+    calibrated_tokens_per_second: float | None = None,
+    calibration_steps: int = 0,
+) -> TimePlan:
+    """FLOPs from the probe; time from a calibration when there is one, else from the
+    device's peak times its efficiency."""
+    flops_per_slot = probe.flops_per_pass / max(1, probe.piece_slots)
+    total_flops = flops_per_slot * workload.slots_per_epoch * workload.epochs
+    real_tokens = workload.real_tokens_per_epoch * workload.epochs
+    flops_per_token = total_flops / max(1.0, real_tokens)
+    if calibrated_tokens_per_second:
+        rate, source = calibrated_tokens_per_second, f"calibrated on {calibration_steps} steps"
+    else:
+        rate = device.peak_flops * device.efficiency / max(1.0, flops_per_token)
+        source = f"{device.name} peak {device.peak_flops / 1e12:.2f} TFLOP/s x {device.efficiency}"
+    seconds = real_tokens / max(rate, 1e-9)
+    per_step = seconds / max(1, workload.steps)
+    return TimePlan(flops_per_token, total_flops, rate, seconds, source, per_step)
+
+
+def cost_plan(
+    time: TimePlan, trained_tokens: int, price_per_hour: float, api_price_per_mtok: float
+) -> CostPlan:
+    return CostPlan(
+        price_per_hour,
+        price_per_hour * time.seconds / 3600,
+        api_price_per_mtok,
+        api_price_per_mtok * trained_tokens / 1e6,
+    )

@@ -1,0 +1,110 @@
+"""Activation, gradient and optimizer memory, and FLOPs, measured on a shallow copy.
+
+The model is rebuilt from its config with one and then two decoder layers (random
+weights, nothing loaded), the run's method and objective attached, and trained for two
+optimizer steps on the widest forward piece of the real data, in the run's precision and
+with its gradient-checkpointing setting. Every tensor those steps allocate is counted
+(`LiveTensorBytes`) and every matmul's FLOPs (`FlopCounterMode`). Memory and FLOPs of a
+decoder stack grow by the same amount per layer, so the two probes extrapolate exactly to
+the full depth; what does not grow with depth (embeddings, the chunked logits of the loss,
+their gradients) is in both and is kept once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+from tunesmith.config import RunConfig
+from tunesmith.engine.loop import LoopSettings, build_optimizer
+from tunesmith.models import Precision, enable_gradient_checkpointing
+from tunesmith.objectives import Objective, attach_objective_parameters
+from tunesmith.plan.tracker import LiveTensorBytes
+from tunesmith.plan.weights import attach_method
+
+PASSES = 3
+"""Forward/backward passes the probe runs: one step of one pass, then one of two (the
+second pass of a window runs with the first's gradients held, as accumulation does)."""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one training step of the full-depth model allocates beyond its weights."""
+
+    peak_bytes: int
+    """High-water mark of activations, logits, gradients, optimizer state and temporaries."""
+    flops_per_pass: int
+    """Forward + backward FLOPs of one pass over the probed piece."""
+    piece_slots: int
+
+
+@dataclass(frozen=True)
+class _Shallow:
+    peak_bytes: int
+    flops: int
+
+
+def probe_step(
+    run: RunConfig,
+    model_config: PretrainedConfig,
+    objective: Objective,
+    piece: Any,
+    *,
+    precision: Precision,
+    device: torch.device,
+    slots: int,
+) -> ProbeResult:
+    """Measure one and two layers, extrapolate to ``model_config.num_hidden_layers``."""
+    layers = int(model_config.num_hidden_layers)
+    one = _measure(run, _with_layers(model_config, 1), objective, piece, precision, device)
+    two = _measure(run, _with_layers(model_config, 2), objective, piece, precision, device)
+    extra = layers - 1
+    peak = one.peak_bytes + extra * max(0, two.peak_bytes - one.peak_bytes)
+    flops = one.flops + extra * max(0, two.flops - one.flops)
+    return ProbeResult(int(peak), int(flops // PASSES), slots)
+
+
+def _with_layers(model_config: PretrainedConfig, layers: int) -> PretrainedConfig:
+    shallow = model_config.__class__.from_dict(model_config.to_dict())
+    shallow.num_hidden_layers = layers
+    layer_types = getattr(shallow, "layer_types", None)
+    if isinstance(layer_types, list):
+        shallow.layer_types = layer_types[:layers]
+    return shallow
+
+
+def _measure(
+    run: RunConfig,
+    model_config: PretrainedConfig,
+    objective: Objective,
+    piece: Any,
+    precision: Precision,
+    device: torch.device,
+) -> _Shallow:
+    torch.manual_seed(run.train.seed)
+    base = AutoModelForCausalLM.from_config(
+        model_config, dtype=precision.weights, trust_remote_code=run.model.trust_remote_code
+    ).to(device)
+    model = attach_method(base, run)
+    attach_objective_parameters(objective, model)
+    if run.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    settings = LoopSettings(run.train, run.train.learning_rate or 1e-4)
+    optimizer, _scheduler = build_optimizer(parameters, settings, total_steps=2)
+    piece = piece.to(device)
+    with FlopCounterMode(display=False) as flops, LiveTensorBytes() as live:
+        for passes in (1, PASSES - 1):
+            for _ in range(passes):
+                with precision.autocast(device):
+                    loss_sum, units = objective.loss_sum(model, piece)
+                (loss_sum / max(1, units)).backward()
+            torch.nn.utils.clip_grad_norm_(parameters, run.train.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return _Shallow(live.peak, int(flops.get_total_flops()))

@@ -1,0 +1,115 @@
+"""Parameter memory from the model's config on the meta device: no weight is loaded.
+
+The method is attached to the meta model, so the trainable set is the method's real one
+(peft decides which modules LoRA wraps, prefix tuning its prompt encoder). QLoRA stores
+only the linear layers of the decoder in NF4; embeddings, `lm_head` and norms stay in the
+run's weight dtype, which is what makes "size / 8" badly wrong for small models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from tunesmith.config import RunConfig
+from tunesmith.methods import get_method
+from tunesmith.objectives import Objective, attach_objective_parameters
+
+NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
+"""Two 4-bit values per byte plus one fp32 absmax per block of 64 (bitsandbytes' default
+blocksize; tunesmith's QLoRA does not double-quantize the absmax constants)."""
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@dataclass(frozen=True)
+class ParameterMemory:
+    """Where the parameters of the trained model sit, in bytes and counts."""
+
+    total_params: int
+    trainable_params: int
+    layers: int
+    frozen_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
+    trainable_bytes: int = 0
+    trainable_element_size: int = 4
+
+    @property
+    def frozen_bytes(self) -> int:
+        return sum(self.frozen_bytes_by_dtype.values())
+
+
+def probe_method_name(method_name: str) -> str:
+    """The method whose trainable set and activations stand for ``method_name`` off its
+    real kernels: QLoRA trains exactly LoRA's parameters, on a 4-bit base."""
+    return "lora" if method_name == "qlora" else method_name
+
+
+def load_model_config(path: str, *, trust_remote_code: bool) -> PretrainedConfig:
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def layer_count(model_config: PretrainedConfig) -> int:
+    return int(model_config.num_hidden_layers)
+
+
+def parameter_memory(
+    run: RunConfig,
+    model_config: PretrainedConfig,
+    objective: Objective,
+    *,
+    weights_dtype: torch.dtype,
+) -> ParameterMemory:
+    """Counts and bytes of the run's trained model, built on the meta device."""
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(
+            model_config, dtype=weights_dtype, trust_remote_code=run.model.trust_remote_code
+        )
+        model = attach_method(base, run)
+        attach_objective_parameters(objective, model)
+    quantized = _nf4_parameter_ids(base) if run.method.name == "qlora" else set()
+    frozen: dict[str, int] = {}
+    trainable = total = trainable_bytes = 0
+    element_size = torch.tensor([], dtype=weights_dtype).element_size()
+    seen: set[int] = set()
+    for parameter in model.parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        count = parameter.numel()
+        total += count
+        if parameter.requires_grad:
+            trainable += count
+            trainable_bytes += count * parameter.element_size()
+            element_size = parameter.element_size()
+        elif id(parameter) in quantized:
+            frozen["nf4"] = frozen.get("nf4", 0) + round(count * NF4_BYTES_PER_PARAM)
+        else:
+            name = _DTYPE_NAMES.get(parameter.dtype, str(parameter.dtype))
+            frozen[name] = frozen.get(name, 0) + count * parameter.element_size()
+    return ParameterMemory(
+        total, trainable, layer_count(model_config), frozen, trainable_bytes, element_size
+    )
+
+
+def attach_method(base: nn.Module, run: RunConfig) -> nn.Module:
+    """``base`` with the run's method attached (LoRA's for QLoRA: same trainable set)."""
+    name = probe_method_name(run.method.name)
+    settings = run.method
+    if name != run.method.name:
+        settings = get_method(name).settings(**{**run.method.model_dump(), "name": name})
+    return get_method(name).attach(base, settings)
+
+
+def _nf4_parameter_ids(base: nn.Module) -> set[int]:
+    """Weights bitsandbytes would store in NF4: those of nn.Linear layers, except the
+    output head (transformers keeps it, and anything tied to it, unquantized)."""
+    head = base.get_output_embeddings()
+    kept = {id(p) for p in head.parameters()} if head is not None else set()
+    return {
+        id(module.weight)
+        for module in base.modules()
+        if isinstance(module, nn.Linear) and id(module.weight) not in kept
+    }

@@ -1,0 +1,89 @@
+"""What the run will push through the model, from the dataset's real tokenized examples.
+
+The examples are batched exactly as the loop batches them (the same epoch order, packing
+and split into forward pieces), so the widest forward pass the plan probes is one the run
+will really execute, and the token counts are the run's, not a guess from a mean length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.config import TrainConfig
+from tunesmith.data.batching import epoch_order
+from tunesmith.engine.batches import BatchSettings
+from tunesmith.engine.loop import planned_steps
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One epoch of the run as forward pieces, and the widest piece among them."""
+
+    examples: int
+    real_tokens_per_epoch: int
+    """Non-padding tokens (what a per-token API bills as trained tokens, per epoch)."""
+    trained_tokens_per_epoch: int
+    """Tokens that carry loss (assistant replies for chat data)."""
+    slots_per_epoch: int
+    """Tensor slots the forward passes compute, padding included."""
+    pieces_per_epoch: int
+    steps: int
+    epochs: float
+    largest_piece: Any
+    largest_piece_rows: int
+    largest_piece_width: int
+
+    @property
+    def largest_piece_slots(self) -> int:
+        return self.largest_piece_rows * self.largest_piece_width
+
+
+def describe_workload(
+    examples: Sequence[Any], objective: Any, batches: BatchSettings, train: TrainConfig
+) -> Workload:
+    """Collate one epoch of ``examples`` as the loop does and measure it."""
+    lengths = [len(example) for example in examples]
+    real = trained = slots = pieces = 0
+    largest, largest_key = None, (-1, -1)
+    for group in epoch_order(lengths, train.batch_size, train.seed, 0):
+        batch = batches.collate(objective, [examples[i] for i in group])
+        real += int(batch.real_tokens)
+        trained += sum(objective.units(examples[i]) for i in group)
+        for piece in batches.forward_pieces(batch):
+            rows, width = _shape(piece)
+            pieces += 1
+            slots += rows * width
+            key = (rows * width, _trained_positions(piece))
+            if key > largest_key:
+                largest, largest_key = piece, key
+    steps = planned_steps(train, len(examples), 1)
+    epochs = train.epochs
+    if train.max_steps:
+        per_epoch = planned_steps(train.model_copy(update={"max_steps": None, "epochs": 1}),
+                                  len(examples), 1)  # fmt: skip
+        epochs = train.max_steps / per_epoch
+    rows, width = _shape(largest)
+    return Workload(
+        len(examples), real, trained, slots, pieces, steps, epochs, largest, rows, width
+    )
+
+
+def _token_rows(piece: Any) -> Any:
+    """The token-id tensor of a piece: its own, or its sequences' (preference pairs)."""
+    ids = getattr(piece, "input_ids", None)
+    if ids is None:
+        ids = getattr(getattr(piece, "sequences", None), "input_ids", None)
+    return ids
+
+
+def _shape(piece: Any) -> tuple[int, int]:
+    ids = _token_rows(piece)
+    return (int(ids.shape[0]), int(ids.shape[1])) if ids is not None else (0, 0)
+
+
+def _trained_positions(piece: Any) -> int:
+    inner = piece if hasattr(piece, "input_ids") else getattr(piece, "sequences", piece)
+    trained = getattr(inner, "trained_tokens", None)
+    return int(trained) if isinstance(trained, int) else 0

@@ -1,0 +1,123 @@
+"""The parts of a plan on tiny models: parameter bytes, the tensor counter, the probe's
+extrapolation, the workload, the device table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from tests.conftest import build_tiny_model
+from tunesmith.config import load_config
+from tunesmith.data.tokenize import TokenizedExample
+from tunesmith.engine.batches import BatchSettings
+from tunesmith.errors import TunesmithError
+from tunesmith.methods import count_parameters, get_method
+from tunesmith.models import resolve_precision
+from tunesmith.objectives import build_objective
+from tunesmith.plan.devices import UnknownDeviceError, lookup_device, parse_bytes
+from tunesmith.plan.probe import _measure, probe_step
+from tunesmith.plan.tracker import LiveTensorBytes
+from tunesmith.plan.weights import NF4_BYTES_PER_PARAM, parameter_memory
+from tunesmith.plan.workload import describe_workload
+
+
+def _config(layers: int = 2, vocab: int = 400) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def _sft(run):
+    return build_objective(run.objective, model_loader=None, base_model=run.model.name)
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "ia3", "prefix", "freeze", "adapter"])
+def test_meta_counts_equal_those_of_the_real_model(method: str) -> None:
+    run = load_config(overrides=[f"method.name={method}"])
+    planned = parameter_memory(run, _config(), _sft(run), weights_dtype=torch.float32)
+    real = get_method(method).attach(build_tiny_model(400), run.method)
+    assert (planned.trainable_params, planned.total_params) == count_parameters(real)
+    assert planned.trainable_bytes == 4 * planned.trainable_params
+
+
+def test_qlora_keeps_embeddings_and_head_unquantized() -> None:
+    run = load_config(overrides=["method.name=qlora"])
+    planned = parameter_memory(run, _config(vocab=4000), _sft(run), weights_dtype=torch.float32)
+    embedding = 4000 * 32
+    norms = 32 * (2 * 2 + 1)
+    linear = 2 * (32 * 32 * 2 + 32 * 16 * 2 + 3 * 32 * 64)  # q,o + k,v + gate,up,down
+    assert planned.frozen_bytes_by_dtype["fp32"] == 4 * (embedding + norms)
+    assert planned.frozen_bytes_by_dtype["nf4"] == round(linear * NF4_BYTES_PER_PARAM)
+
+
+def test_tracker_counts_live_storages_once_and_forgets_freed_ones() -> None:
+    with LiveTensorBytes() as live:
+        first = torch.ones(1000)  # 4000 bytes
+        view = first[10:]  # same storage: not counted again
+        second = torch.ones(500)
+        assert live.current == 6000
+        del second
+        assert live.current == 4000
+    assert live.peak == 6000
+    assert view.untyped_storage().nbytes() == 4000
+
+
+def _examples(lengths: list[int]) -> list[TokenizedExample]:
+    return [
+        TokenizedExample(
+            list(range(4, 4 + n)), [-100] * (n // 2) + list(range(n - n // 2)), f"r{i}"
+        )
+        for i, n in enumerate(lengths)
+    ]
+
+
+def test_workload_counts_the_run_tokens_and_its_widest_piece() -> None:
+    run = load_config(overrides=["train.batch_size=4", "train.max_tokens_per_forward=64"])
+    batches = BatchSettings.of(run.train, pad_token_id=3, pack=True, row_length=64,
+                               device=torch.device("cpu"))  # fmt: skip
+    lengths = [20, 30, 40, 50, 60, 10, 15, 25]
+    examples = _examples(lengths)
+    work = describe_workload(examples, _sft(run), batches, run.train)
+    assert work.real_tokens_per_epoch == sum(lengths)
+    assert work.trained_tokens_per_epoch == sum(e.trained_tokens for e in examples) > 0
+    assert work.largest_piece_slots <= 64
+    assert work.slots_per_epoch >= sum(lengths)
+
+
+def test_two_shallow_probes_extrapolate_to_the_measured_full_depth() -> None:
+    """The probe's premise: what a step allocates grows by a fixed amount per layer."""
+    run = load_config(overrides=["method.name=full", "train.max_tokens_per_forward=512"])
+    batches = BatchSettings.of(run.train, pad_token_id=3, pack=True, row_length=128,
+                               device=torch.device("cpu"))  # fmt: skip
+    work = describe_workload(_examples([100, 90, 80, 70]), _sft(run), batches, run.train)
+    precision = resolve_precision("fp32", torch.device("cpu"))
+    cpu = torch.device("cpu")
+    predicted = probe_step(
+        run,
+        _config(layers=6),
+        _sft(run),
+        work.largest_piece,
+        precision=precision,
+        device=cpu,
+        slots=work.largest_piece_slots,
+    )
+    measured = _measure(run, _config(layers=6), _sft(run), work.largest_piece, precision, cpu)
+    assert predicted.peak_bytes == pytest.approx(measured.peak_bytes, rel=0.05)
+    assert predicted.flops_per_pass * 3 == pytest.approx(measured.flops, rel=0.01)
+
+
+def test_unknown_device_says_did_you_mean() -> None:
+    with pytest.raises(UnknownDeviceError, match="Did you mean 'a100-80gb'"):
+        lookup_device("a100-80g")
+    assert lookup_device("T4-16GB").memory_bytes == 16 * 1024**3
+
+
+def test_memory_sizes_parse_in_decimal_and_binary_units() -> None:
+    assert parse_bytes("8GB") == 8 * 10**9
+    assert parse_bytes("1.5GiB") == int(1.5 * 1024**3)
+    assert parse_bytes("512 MB") == 512 * 10**6
+    with pytest.raises(TunesmithError, match="--memory-limit"):
+        parse_bytes("lots")
