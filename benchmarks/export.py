@@ -60,7 +60,7 @@ def main() -> None:
     from tunesmith.export import export_run
 
     run = ensure_run(args.run)
-    console = Console()
+    console = Console(width=150)
     models = export_run(run, "gguf", quant=args.quants, verify_items=args.items)
     lora = export_run(run, "gguf-lora", quant="f16", verify_items=args.items)
     first = models.artifacts[0].verification
