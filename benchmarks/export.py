@@ -82,7 +82,7 @@ def main() -> None:
     )
     for artifact in models.artifacts:
         _row(table, artifact.path.name, artifact.size, artifact.verification)
-    adapter = next(a for a in lora.artifacts if a.role == "adapter")
+    adapter = next(a for a in lora.artifacts if a.role == "LoRA adapter")
     for artifact in lora.artifacts:
         if artifact.verification:
             base = Path(artifact.verification["base"])

@@ -11,7 +11,20 @@ from tunesmith.objectives import OBJECTIVES
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 OWN_PACKAGES = {"methods", "objectives"}
 # The same word meaning something else: a record field, not the method.
-NOT_A_METHOD = {("data/formats.py", "prompt"), ("data/preference.py", "prompt")}
+NOT_A_METHOD = {
+    ("data/formats.py", "prompt"),
+    ("data/preference.py", "prompt"),
+    ("monitor/output.py", "prompt"),  # a record field
+    ("monitor/retrain.py", "prompt"),  # a record field
+    ("export/gguf_lora.py", "lora"),  # GGUF's own value of adapter.type
+    # The plan offers the 4-bit variant by name, and probes it through the method whose
+    # parameters it trains (its kernels are what the probe cannot run on meta tensors).
+    ("plan/build.py", "lora"),
+    ("plan/build.py", "dora"),
+    ("plan/build.py", "qlora"),
+    ("plan/weights.py", "lora"),
+    ("plan/weights.py", "qlora"),
+}
 
 
 def _string_constants(path: Path) -> set[str]:

@@ -59,7 +59,7 @@ def test_metadata_comes_from_what_training_used(
 
 def test_lora_on_its_base_matches_the_fine_tuned_model(fresh_run: Path, llama_cpp: None) -> None:
     result = export_run(fresh_run, "gguf-lora", verify_items=6)
-    adapter = next(a for a in result.artifacts if a.role == "adapter")
+    adapter = next(a for a in result.artifacts if a.role == "LoRA adapter")
     base = next(a for a in result.artifacts if a.role == "base")
     reader = gguf.GGUFReader(adapter.path)
     assert _field(reader, "general.type") == "adapter"

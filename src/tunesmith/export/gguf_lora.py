@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
@@ -26,8 +27,8 @@ from tunesmith.export.result import Artifact, ExportResult
 from tunesmith.export.source import staged_file
 from tunesmith.export.verify import reference, verify
 
-LORA_METHODS = ("lora", "qlora")
 ADAPTER = "default"
+ADAPTER_ROLE = "LoRA adapter"
 
 
 def _refuse(why: str) -> ExportError:
@@ -39,9 +40,9 @@ def _refuse(why: str) -> ExportError:
 
 def lora_layers(model: nn.Module, method: str) -> list[tuple[str, LoraLayer]]:
     """The adapter's LoRA layers, or a refusal naming what llama.cpp could not apply."""
-    if method not in LORA_METHODS:
+    config = getattr(model, "peft_config", {}).get(ADAPTER)
+    if not isinstance(config, LoraConfig):
         raise _refuse(f"the run was trained with method {method!r}, not LoRA")
-    config = model.peft_config[ADAPTER]
     if getattr(config, "modules_to_save", None):
         raise _refuse(f"it trains whole modules too (modules_to_save: {config.modules_to_save})")
     if getattr(config, "use_dora", False):
@@ -88,7 +89,7 @@ def write_gguf_lora(inputs: ExportInputs, target: Path) -> Path:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        write_header(writer, inputs.provenance("lora"), inputs.chat, None)
+        write_header(writer, inputs.provenance("LoRA adapter"), inputs.chat, None)
         for name, array in adapter_tensors(layers, inputs, alpha):
             writer.add_tensor(name, array)
         writer.write_header_to_file()
@@ -103,7 +104,7 @@ def export_gguf_lora(inputs: ExportInputs, quant: Quant, *, verify_items: int) -
     out_dir = source.out_dir("gguf-lora")
     result = ExportResult("gguf-lora", out_dir)
     adapter = write_gguf_lora(inputs, out_dir / f"{source.name}-lora.gguf")
-    result.artifacts.append(Artifact(adapter, "adapter"))
+    result.artifacts.append(Artifact(adapter, ADAPTER_ROLE))
     bases: list[tuple[str, Path]] = []
     shipped = bundled_base_gguf(inputs.model_name)
     if shipped is not None:

@@ -98,7 +98,7 @@ def export_vllm(inputs: ExportInputs, *, verify_items: int) -> ExportResult:
         write_manifest(staging, "manifest.json")
     command = serve_command(base, source.name, out_dir, max_rank)
     (out_dir / "serve.sh").write_text(f"#!/bin/sh\nexec {command}\n", encoding="utf-8")
-    artifact = Artifact(out_dir, "adapter")
+    artifact = Artifact(out_dir, "LoRA adapter folder")
     result = ExportResult("vllm", out_dir, artifacts=[artifact], notes=[command])
     if verify_items:
         artifact.verification = _reload_check(inputs, out_dir, verify_items)
