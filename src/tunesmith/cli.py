@@ -43,6 +43,19 @@ TrustRemoteCode = Annotated[
 ]
 
 
+ConfigArgument = Annotated[
+    Path | None, typer.Argument(help="Run config YAML (see examples/). Optional.")
+]
+DataOption = Annotated[
+    list[Path] | None,
+    typer.Option("--data", "-d", help="Training data file(s); sets data.train."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a setting, e.g. --set train.epochs=2."),
+]
+
+
 def friendly_errors(command: F) -> F:
     """Errors the user can fix are printed plainly, never as a traceback, and exit 2 unless
     the error names a code of its own (a full disk: 74)."""
@@ -63,17 +76,9 @@ def friendly_errors(command: F) -> F:
 @app.command()
 @friendly_errors
 def train(
-    config: Annotated[
-        Path | None, typer.Argument(help="Run config YAML (see examples/). Optional.")
-    ] = None,
-    data: Annotated[
-        list[Path] | None,
-        typer.Option("--data", "-d", help="Training data file(s); sets data.train."),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override a setting, e.g. --set train.epochs=2."),
-    ] = None,
+    config: ConfigArgument = None,
+    data: DataOption = None,
+    set_: SetOption = None,
     resume: Annotated[
         str | None,
         typer.Option(help="'auto' (newest complete checkpoint of the run) or a checkpoint path."),
@@ -131,17 +136,9 @@ def _run_config(config: Path | None, data: list[Path] | None, set_: list[str] | 
 @app.command()
 @friendly_errors
 def plan(
-    config: Annotated[
-        Path | None, typer.Argument(help="Run config YAML, as for `tunesmith train`.")
-    ] = None,
-    data: Annotated[
-        list[Path] | None,
-        typer.Option("--data", "-d", help="Training data file(s); sets data.train."),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", "-s", help="Override a setting, e.g. --set train.batch_size=4."),
-    ] = None,
+    config: ConfigArgument = None,
+    data: DataOption = None,
+    set_: SetOption = None,
     device: Annotated[
         str,
         typer.Option(
