@@ -12,7 +12,7 @@ from tunesmith.export.prepare import ExportInputs
 from tunesmith.export.quants import Quant, requantize_with_llama_cpp
 from tunesmith.export.result import Artifact, ExportResult
 from tunesmith.export.source import staged_file
-from tunesmith.export.verify import Verification, reference, verify
+from tunesmith.export.verify import Verification
 from tunesmith.runs import base_model_of
 
 F16_IDENTICAL_SHARE = 0.95
@@ -110,10 +110,7 @@ def export_gguf(
     out_dir = out_dir or inputs.source.out_dir("gguf")
     result = ExportResult("gguf", out_dir)
     held_out = inputs.held_out(verify_items) if verify_items else None
-    ref = None
-    if held_out:
-        inputs.say(f"transformers' greedy replies to {len(held_out.prompts)} held-out prompts")
-        ref = reference(inputs.merged, inputs.tokenizer, inputs.chat, held_out)
+    ref = inputs.reference(held_out) if held_out else None
     for quant in quants:
         path = write_gguf(
             inputs, quant, out_dir / f"{inputs.source.name}-{quant.name}.gguf", result.notes
@@ -122,15 +119,7 @@ def export_gguf(
         result.artifacts.append(artifact)
         if held_out is not None and ref is not None:
             inputs.say(f"checking {path.name} in llama.cpp on {len(held_out.prompts)} prompts")
-            verification = verify(
-                path,
-                inputs.tokenizer,
-                inputs.chat,
-                inputs.vocab.add_bos,
-                held_out,
-                ref,
-                inputs.merged,
-            )
+            verification = inputs.verify(path, held_out, ref)
             artifact.verification = verification.as_dict()
             check(verification, quant, result, path.name)
         result.notes.append(f"llama-cli -m {path} -cnv   # or: llama-server -m {path}")

@@ -25,7 +25,6 @@ from tunesmith.export.prepare import ExportInputs, bundled_base_gguf
 from tunesmith.export.quants import Quant
 from tunesmith.export.result import Artifact, ExportResult
 from tunesmith.export.source import staged_file
-from tunesmith.export.verify import reference, verify
 
 ADAPTER = "default"
 ADAPTER_ROLE = "LoRA adapter"
@@ -130,21 +129,11 @@ def _verify_bases(
     result: ExportResult,
 ) -> None:
     held_out = inputs.held_out(items)
-    inputs.say(f"transformers' greedy replies to {len(held_out.prompts)} held-out prompts")
-    ref = reference(inputs.merged, inputs.tokenizer, inputs.chat, held_out)
+    ref = inputs.reference(held_out)
     scores = []
     for label, path in bases:
         inputs.say(f"checking the adapter on the {label} in llama.cpp")
-        verification = verify(
-            path,
-            inputs.tokenizer,
-            inputs.chat,
-            inputs.vocab.add_bos,
-            held_out,
-            ref,
-            inputs.merged,
-            lora=adapter,
-        )
+        verification = inputs.verify(path, held_out, ref, lora=adapter)
         entry = {"base": str(path), **verification.as_dict()}
         artifact = next((a for a in result.artifacts if a.path == path), None)
         if artifact is None:

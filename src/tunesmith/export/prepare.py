@@ -25,7 +25,7 @@ from tunesmith.export.gguf_model import Provenance
 from tunesmith.export.gguf_vocab import GGUFVocab, read_vocab
 from tunesmith.export.llama_layout import LlamaShape
 from tunesmith.export.source import ExportSource
-from tunesmith.export.verify import HeldOut
+from tunesmith.export.verify import HeldOut, Reference, Verification, reference, verify
 from tunesmith.methods import get_method
 from tunesmith.models.bundled import BUNDLED_MODELS, gguf_path
 from tunesmith.runs import TrainedModel, load_trained
@@ -151,3 +151,17 @@ class ExportInputs:
             general_text=load_forgetting_text(config.eval.forgetting_text),
             max_new_tokens=min(config.eval.max_new_tokens, 64),
         )
+
+    def reference(self, held_out: HeldOut) -> Reference:
+        """transformers' side of the checks, once per export, shared by every file."""
+        self.say(f"transformers' greedy replies to {len(held_out.prompts)} held-out prompts")
+        return reference(self.merged, self.tokenizer, self.chat, held_out)
+
+    def verify(
+        self, path: Path, held_out: HeldOut, ref: Reference, *, lora: Path | None = None
+    ) -> Verification:
+        """One written GGUF (with ``lora`` on it, if given) in llama.cpp against ``ref``."""
+        return verify(
+            path, self.tokenizer, self.chat, self.vocab.add_bos, held_out, ref, self.merged,
+            lora=lora,
+        )  # fmt: skip

@@ -49,6 +49,8 @@ class Reference:
     metric: float
     perplexity: float
     stop_ids: list[int]
+    windows: list[list[int]]
+    """The general text's token windows both runtimes' perplexity is measured on."""
     tokens_per_second: float
     """transformers' greedy decoding speed on the same prompts, one at a time."""
 
@@ -113,6 +115,7 @@ def reference(
         metric=compute_metric(held_out.metric, replies, held_out.references).value,
         perplexity=_perplexity(lambda w: _hf_logits(model, w), windows),
         stop_ids=stop,
+        windows=windows,
         tokens_per_second=sum(map(len, reply_ids)) / seconds if seconds else 0.0,
     )
 
@@ -191,8 +194,6 @@ def _measure(
         agree += int((ours.argmax(axis=1) == theirs.argmax(axis=1)).sum())
         positions += len(ours)
         delta = max(delta, float(np.abs(ours - theirs).max()))
-    text_ids = tokenizer(held_out.general_text, add_special_tokens=False).input_ids
-    windows = _windows(text_ids, PERPLEXITY_WINDOW)[:4]
     return Verification(
         tokenizer_identical=sum(a == b for a, b in zip(llama_ids, ref.prompt_ids, strict=True)),
         prompts=len(llama_ids),
@@ -204,7 +205,7 @@ def _measure(
         metric=held_out.metric,
         metric_llama_cpp=compute_metric(held_out.metric, replies, held_out.references).value,
         metric_transformers=ref.metric,
-        perplexity_llama_cpp=_perplexity(runtime.logits, windows),
+        perplexity_llama_cpp=_perplexity(runtime.logits, ref.windows),
         perplexity_transformers=ref.perplexity,
         tokens_per_second=tokens / seconds if seconds else 0.0,
         transformers_tokens_per_second=ref.tokens_per_second,
