@@ -133,6 +133,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_serving(process: subprocess.Popen, url: str, key: str) -> None:
+    client = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(process.stderr.read().decode()[-500:])
+        try:
+            client.models.list()
+            return
+        except openai.APIConnectionError:
+            time.sleep(1)
+    process.kill()
+    raise RuntimeError("did not start in 180 s")
+
+
+def start_tunesmith_serve(runs: list[Path], key_file: Path, max_batch: int):
+    """`tunesmith serve` in its own process, as a user runs it (and as `transformers serve`
+    runs below): the clients' threads then do not share the server's interpreter."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "tunesmith"), "serve", *map(str, runs),
+               "--port", str(port), "--api-key-file", str(key_file), "--max-batch",
+               str(max_batch), "--requests-per-minute", "100000",
+               "--tokens-per-minute", "100000000"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/v1"
+    wait_until_serving(process, url, key_file.read_text().strip())
+    return process, url
+
+
 def start_transformers_serve(model_dir: Path, continuous: bool) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1",
@@ -140,18 +169,9 @@ def start_transformers_serve(model_dir: Path, continuous: bool) -> tuple[subproc
     if continuous:
         command.append("--continuous-batching")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(process.stderr.read().decode()[-500:])
-        try:
-            client.models.list()
-            return process, f"http://127.0.0.1:{port}/v1"
-        except openai.APIConnectionError:
-            time.sleep(1)
-    process.kill()
-    raise RuntimeError("did not start in 180 s")
+    url = f"http://127.0.0.1:{port}/v1"
+    wait_until_serving(process, url, "none")
+    return process, url
 
 
 def row(name: str, clients: int, result) -> str:
@@ -173,7 +193,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from tunesmith import api
-    from tunesmith.serve import Limits, build_state, start_in_background
 
     workdir = Path(tempfile.mkdtemp(prefix="tunesmith-serve-bench-"))
     runs = train_runs(workdir)
@@ -182,16 +201,19 @@ def main() -> None:
         "| latency p95 s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    limits = Limits(requests_per_minute=100_000)
-    state = build_state(runs, keys=["bench-key-0123456789abcd"], max_batch=args.max_batch,
-                        limits=limits)  # fmt: skip
-    models = list(state.registry.models)
-    with start_in_background(state) as server:
+    key = "bench-key-0123456789abcd"
+    key_file = workdir / "keys.txt"
+    key_file.write_text(key + "\n")
+    process, url = start_tunesmith_serve(runs, key_file, args.max_batch)
+    try:
+        models = [model.id for model in openai.OpenAI(base_url=url, api_key=key).models.list()]
         for clients in args.clients:
-            result = drive(server.base_url, "bench-key-0123456789abcd", models, clients,
-                           args.requests, args.max_tokens)  # fmt: skip
+            result = drive(url, key, models, clients, args.requests, args.max_tokens)
             lines.append(row(f"tunesmith serve ({len(models)} models, 1 base)", clients, result))
             print(lines[-1], flush=True)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
     for clients in args.clients:
         result = one_at_a_time(runs[0], clients, args.requests, args.max_tokens)
         lines.append(row("HF generate, one at a time", clients, result))

@@ -2,6 +2,7 @@
 
 app.py (routes) · schemas.py (request bodies) · security.py (keys, limits) ·
 registry.py (models, one base in memory) · decoding.py (the batching decoder) ·
+continuous.py (the running batch) · grouped_lora.py (mixed adapters by row slices) ·
 requestlog.py (JSONL for monitoring and retraining) · metrics.py (Prometheus) ·
 server.py (start uvicorn).
 """

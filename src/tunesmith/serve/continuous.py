@@ -5,8 +5,9 @@ The running batch is left-padded like `tunesmith eval`'s batches: a newcomer is 
 on its own (with the other newcomers of the same step), then its cache is merged with the
 running one by padding the shorter side on the left, masking the padding and taking each
 row's positions from its own mask. A finished or abandoned row is dropped from the cache;
-columns that became padding for every row are trimmed. Each step picks each row's adapter
-with peft's ``adapter_names``, so runs that share a base share the steps.
+columns that became padding for every row are trimmed. Runs that share a base share the
+steps: the rows are kept grouped by adapter, and each LoRA layer takes an adapter's rows as
+one slice (`tunesmith.serve.grouped_lora`; peft's ``adapter_names`` where that cannot be).
 
 Greedy choice is the argmax of the last logits, as ``generate(do_sample=False)`` makes it;
 a module whose generation config asks for logits processing (a repetition penalty, say)
@@ -15,6 +16,7 @@ is decoded by ``generate`` instead (``supports``).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 
 from tunesmith.evaluate.generate import left_padded
 from tunesmith.models.precision import Precision
+from tunesmith.serve import grouped_lora
 
 if TYPE_CHECKING:
     from tunesmith.serve.decoding import Job, Row
@@ -109,19 +112,27 @@ class RunningBatch:
         )
 
     def _forward(self, names: list[str], **inputs: object) -> tuple[torch.Tensor, DynamicCache]:
-        if self.adapters:
-            inputs["adapter_names"] = names
-        with self.precision.autocast(self.device):
+        with self.precision.autocast(self.device), self._adapters_of(names, inputs):
             output = self.module(use_cache=True, logits_to_keep=1, **inputs)
         return output.logits[:, -1].float().argmax(dim=-1).cpu(), output.cache
 
+    def _adapters_of(self, names: list[str], inputs: dict[str, object]):
+        if not self.adapters:
+            return nullcontext()
+        if grouped_lora.installed(self.module):
+            return grouped_lora.grouped(self.module, grouped_lora.segments_of(names))
+        inputs["adapter_names"] = names
+        return nullcontext()
+
     @torch.inference_mode()
     def admit(self, jobs: list[Job]) -> None:
-        """Prefill the rows of ``jobs`` together and merge them into the running batch."""
-        rows = [row for job in jobs for row in job.rows if not row.cancelled]
-        names = [job.adapter or "" for job in jobs for row in job.rows if not row.cancelled]
-        if not rows:
+        """Prefill the rows of ``jobs`` together and merge them into the running batch,
+        keeping the rows grouped by adapter."""
+        pairs = [(job.adapter or "", row) for job in jobs for row in job.rows if not row.cancelled]
+        if not pairs:
             return
+        pairs.sort(key=lambda pair: pair[0])
+        names, rows = [name for name, _ in pairs], [row for _, row in pairs]
         input_ids, mask = left_padded([row.prompt_ids for row in rows], self.pad_id)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         tokens, cache = self._forward(
@@ -138,7 +149,20 @@ class RunningBatch:
         self.rows += rows
         self.names += names
         self.last = torch.cat([self.last, tokens])
+        self._group()
         self._accept(tokens.tolist(), rows)
+
+    def _group(self) -> None:
+        """Reorder the rows (and their cache) so that each adapter's rows are adjacent."""
+        order = sorted(range(len(self.names)), key=self.names.__getitem__)
+        if order == list(range(len(order))):
+            return
+        index = torch.tensor(order)
+        assert self.cache is not None
+        self.cache.batch_select_indices(index.to(self.device))
+        self.mask, self.last = self.mask[index], self.last[index]
+        self.rows = [self.rows[i] for i in order]
+        self.names = [self.names[i] for i in order]
 
     @torch.inference_mode()
     def step(self) -> None:

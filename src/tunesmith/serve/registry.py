@@ -28,6 +28,8 @@ from tunesmith.methods import get_method
 from tunesmith.models import Precision, load_base_model, pick_device, resolve_precision
 from tunesmith.models.loading import resolve_model_path
 from tunesmith.runs import RunError, RunPaths, load_trained, read_run_config
+from tunesmith.serve import grouped_lora
+from tunesmith.serve.frozen_weights import store_linears_in_compute_dtype
 
 BASE_ROW = "__base__"
 
@@ -181,6 +183,7 @@ class Registry:
                 added.append(new_base)
             else:
                 shared.model.load_adapter(final, adapter_name=model_id, is_trainable=False)
+            grouped_lora.install(shared.model)  # again: the new adapter may add layers
             shared.adapters.add(model_id)
             module, adapter, parent = shared.model, model_id, shared.base_id
             precision = shared.precision
@@ -192,6 +195,7 @@ class Registry:
             precision = trained.precision
             parent = base_model_id(str(config.model.name))
             fallback = trained.tokenizer
+        store_linears_in_compute_dtype(module, precision)  # new adapters' layers too
         tokenizer = _run_tokenizer(run_dir, fallback)
         served = self._served(
             model_id, module, adapter, tokenizer, final, parent, base_key, precision
