@@ -571,6 +571,9 @@ def serve(
     workspace: Annotated[
         Path, typer.Option(help="Where --jobs keeps its store, uploads and runs.")
     ] = Path("tunesmith-jobs"),
+    threads: Annotated[
+        int | None, typer.Option(help="Torch CPU threads (default: usable CPUs minus one).")
+    ] = None,
 ) -> None:
     """Serve the runs and their base models over an OpenAI-compatible HTTP API."""
     from tunesmith import api
@@ -584,7 +587,7 @@ def serve(
     api.serve(
         run_dirs or [], host=host, port=port, api_key_file=api_key_file,
         insecure_no_auth=insecure_no_auth, max_batch=max_batch, log_requests=log_requests,
-        limits=limits, jobs_workspace=workspace if jobs else None,
+        limits=limits, jobs_workspace=workspace if jobs else None, threads=threads,
     )  # fmt: skip
 
 
