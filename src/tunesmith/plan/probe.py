@@ -4,7 +4,8 @@ The model is rebuilt from its config with one and then two decoder layers (rando
 weights, nothing loaded), the run's method and objective attached, and trained for two
 optimizer steps on the widest forward piece of the real data, in the run's precision and
 with its gradient-checkpointing setting. Every tensor those steps allocate is counted
-(`LiveTensorBytes`) and every matmul's FLOPs (`FlopCounterMode`). Memory and FLOPs of a
+(`LiveTensorBytes`) and every matmul's FLOPs (`CountFlops`: no module hooks, which
+would keep checkpointing's recomputed tensors alive). Memory and FLOPs of a
 decoder stack grow by the same amount per layer, so the two probes extrapolate exactly to
 the full depth; what does not grow with depth (embeddings, the chunked logits of the loss,
 their gradients) is in both and is kept once.
@@ -16,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from tunesmith.config import RunConfig
 from tunesmith.engine.loop import LoopSettings, build_optimizer
 from tunesmith.models import Precision, enable_gradient_checkpointing
 from tunesmith.objectives import Objective, attach_objective_parameters
+from tunesmith.plan.flops import CountFlops
 from tunesmith.plan.tracker import LiveTensorBytes
 from tunesmith.plan.weights import attach_method
 
@@ -98,7 +99,7 @@ def _measure(
     settings = LoopSettings(run.train, run.train.learning_rate or 1e-4)
     optimizer, _scheduler = build_optimizer(parameters, settings, total_steps=2)
     piece = piece.to(device)
-    with FlopCounterMode(display=False) as flops, LiveTensorBytes() as live:
+    with CountFlops() as flops, LiveTensorBytes() as live:
         for passes in (1, PASSES - 1):
             for _ in range(passes):
                 with precision.autocast(device):
@@ -107,4 +108,4 @@ def _measure(
             torch.nn.utils.clip_grad_norm_(parameters, run.train.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return _Shallow(live.peak, int(flops.get_total_flops()))
+    return _Shallow(live.peak, flops.total)
