@@ -14,7 +14,7 @@ from tunesmith.data.tokenize import TokenizedExample
 from tunesmith.engine.batches import BatchSettings
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import count_parameters, get_method
-from tunesmith.models import resolve_precision
+from tunesmith.models import Precision, resolve_precision
 from tunesmith.objectives import build_objective
 from tunesmith.plan.devices import UnknownDeviceError, lookup_device, parse_bytes
 from tunesmith.plan.flops import CountFlops
@@ -111,7 +111,9 @@ def test_two_shallow_probes_extrapolate_to_the_measured_full_depth() -> None:
     assert predicted.flops_per_pass * 3 == pytest.approx(measured.flops, rel=0.01)
 
 
-def _probe_peaks(method: str, checkpointing: bool, layers: int) -> tuple[int, int]:
+def _probe_peaks(
+    method: str, checkpointing: bool, layers: int, compute: torch.dtype = torch.float32
+) -> tuple[int, int]:
     """(extrapolated, measured at full depth) peak bytes of a step over 4 x 120 tokens."""
     run = load_config(overrides=[
         f"method.name={method}", f"train.gradient_checkpointing={str(checkpointing).lower()}",
@@ -120,7 +122,7 @@ def _probe_peaks(method: str, checkpointing: bool, layers: int) -> tuple[int, in
     batches = BatchSettings.of(run.train, pad_token_id=3, pack=False, row_length=128,
                                device=torch.device("cpu"))  # fmt: skip
     work = describe_workload(_examples([120] * 4), _sft(run), batches, run.train)
-    precision = resolve_precision("fp32", torch.device("cpu"))
+    precision = Precision(torch.float32, compute, "the test's")
     cpu = torch.device("cpu")
     predicted = probe_step(
         run, _config(layers=layers), _sft(run), work.largest_piece,
@@ -142,6 +144,19 @@ def test_gradient_checkpointing_probe_keeps_only_layer_inputs(method: str) -> No
     assert checkpointed == pytest.approx(checkpointed_measured, rel=0.05)
     assert plain == pytest.approx(plain_measured, rel=0.05)
     assert checkpointed < 0.6 * plain
+
+
+def test_qlora_probe_runs_real_4bit_layers_and_counts_their_float_copies() -> None:
+    """bitsandbytes dequantizes each 4-bit weight in forward and autograd keeps the float
+    copy for backward; a LoRA stand-in (float weights that already exist) never allocates
+    it, which under-predicted QLoRA on SmolLM2 by 22% (bf16 autocast, as on CPUs with
+    native bf16)."""
+    pytest.importorskip("bitsandbytes")
+    lora, _ = _probe_peaks("lora", False, 4, torch.bfloat16)
+    qlora, qlora_measured = _probe_peaks("qlora", False, 4, torch.bfloat16)
+    assert qlora == pytest.approx(qlora_measured, rel=0.05)
+    linear_fp32 = 4 * 4 * (32 * 32 * 2 + 32 * 16 * 2 + 3 * 32 * 64)  # 4 layers' weights
+    assert qlora - lora >= 0.5 * linear_fp32
 
 
 def test_flop_count_equals_torch_flop_counter_without_its_module_hooks() -> None:
