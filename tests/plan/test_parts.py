@@ -151,10 +151,9 @@ def test_gradient_checkpointing_probe_keeps_only_layer_inputs(method: str) -> No
 
 
 def test_qlora_probe_runs_real_4bit_layers_and_counts_their_float_copies() -> None:
-    """bitsandbytes dequantizes each 4-bit weight in forward and autograd keeps the float
-    copy for backward; a LoRA stand-in (float weights that already exist) never allocates
-    it, which under-predicted QLoRA on SmolLM2 by 22% (bf16 autocast, as on CPUs with
-    native bf16)."""
+    """The QLoRA probe runs bitsandbytes' 4-bit layers, so the float weights they
+    dequantize each pass are counted (a LoRA stand-in, the probe before, counted none: its
+    peak equalled LoRA's exactly), and it still extrapolates in depth."""
     pytest.importorskip("bitsandbytes")
     lora, _ = _probe_peaks("lora", False, 4, torch.bfloat16)
     qlora, qlora_measured = _probe_peaks("qlora", False, 4, torch.bfloat16)

@@ -1,12 +1,12 @@
 """A QLoRA probe on real 4-bit layers: the shallow model's linear weights put in NF4.
 
-Standing LoRA in for QLoRA (same trainable set, float linear layers) under-predicted a
-QLoRA run's peak by 22% on SmolLM2: bitsandbytes' CPU path dequantizes each 4-bit weight
-to the compute dtype in forward, and autograd keeps that float copy for the backward of
-the layer's input gradient, so a step holds a float copy of every linear weight it has
-run, which a float LoRA layer (whose weight already exists) never allocates. Probing the
-shallow model with the same `Linear4bit` layers, quantized with the QLoRA method's own
-`BitsAndBytesConfig`, measures those copies instead of modelling them.
+The probe used to stand LoRA in for QLoRA (same trainable set, float linear layers), so
+whatever bitsandbytes' CPU path allocates (each 4-bit weight dequantized to the compute
+dtype in forward and again in backward) was never seen. Probing the shallow model with
+the same `Linear4bit` layers, quantized with the QLoRA method's own `BitsAndBytesConfig`,
+counts those tensors instead of modelling them. On SmolLM2 they turned out small (the
+copies are freed layer by layer): the step's tensors are about LoRA's, and what a QLoRA
+run holds beyond them is heap growth (docs/plan.md, "Measured accuracy").
 """
 
 from __future__ import annotations
