@@ -4,7 +4,8 @@ The model is rebuilt from its config with one and then two decoder layers (rando
 weights, nothing loaded), the run's method and objective attached, and trained for two
 optimizer steps on the widest forward piece of the real data, in the run's precision and
 with its gradient-checkpointing setting. Every tensor those steps allocate is counted
-(`LiveTensorBytes`) and every matmul's FLOPs (`FlopCounterMode`). Memory and FLOPs of a
+(`LiveTensorBytes`) and every matmul's FLOPs (`CountFlops`: no module hooks, which
+would keep checkpointing's recomputed tensors alive). Memory and FLOPs of a
 decoder stack grow by the same amount per layer, so the two probes extrapolate exactly to
 the full depth; what does not grow with depth (embeddings, the chunked logits of the loss,
 their gradients) is in both and is kept once.
@@ -16,13 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from tunesmith.config import RunConfig
 from tunesmith.engine.loop import LoopSettings, build_optimizer
+from tunesmith.methods import get_method
 from tunesmith.models import Precision, enable_gradient_checkpointing
 from tunesmith.objectives import Objective, attach_objective_parameters
+from tunesmith.plan.flops import CountFlops
+from tunesmith.plan.quantized import quantize_linear_layers
 from tunesmith.plan.tracker import LiveTensorBytes
 from tunesmith.plan.weights import attach_method
 
@@ -44,8 +47,16 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class _Shallow:
-    peak_bytes: int
+    phase_peaks: tuple[int, int]
+    """High-water marks of the forward/backward passes and of the optimizer step. Each
+    grows linearly in depth, but at different rates (activations vs parameter-sized
+    temporaries), so the phase that peaks at one layer need not peak at thirty: each is
+    extrapolated on its own and the larger taken."""
     flops: int
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.phase_peaks)
 
 
 def probe_step(
@@ -63,7 +74,10 @@ def probe_step(
     one = _measure(run, _with_layers(model_config, 1), objective, piece, precision, device)
     two = _measure(run, _with_layers(model_config, 2), objective, piece, precision, device)
     extra = layers - 1
-    peak = one.peak_bytes + extra * max(0, two.peak_bytes - one.peak_bytes)
+    peak = max(
+        first + extra * max(0, second - first)
+        for first, second in zip(one.phase_peaks, two.phase_peaks, strict=True)
+    )
     flops = one.flops + extra * max(0, two.flops - one.flops)
     return ProbeResult(int(peak), int(flops // PASSES), slots)
 
@@ -89,7 +103,10 @@ def _measure(
     base = AutoModelForCausalLM.from_config(
         model_config, dtype=precision.weights, trust_remote_code=run.model.trust_remote_code
     ).to(device)
-    model = attach_method(base, run)
+    if run.method.name == "qlora":  # real 4-bit layers: their float copies are measured
+        model = get_method("qlora").attach(quantize_linear_layers(base, run, device), run.method)
+    else:
+        model = attach_method(base, run)
     attach_objective_parameters(objective, model)
     if run.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -98,13 +115,18 @@ def _measure(
     settings = LoopSettings(run.train, run.train.learning_rate or 1e-4)
     optimizer, _scheduler = build_optimizer(parameters, settings, total_steps=2)
     piece = piece.to(device)
-    with FlopCounterMode(display=False) as flops, LiveTensorBytes() as live:
+    backward_peak = step_peak = 0
+    with CountFlops() as flops, LiveTensorBytes() as live:
         for passes in (1, PASSES - 1):
+            live.reset_peak()
             for _ in range(passes):
                 with precision.autocast(device):
                     loss_sum, units = objective.loss_sum(model, piece)
                 (loss_sum / max(1, units)).backward()
+            backward_peak = max(backward_peak, live.peak)
+            live.reset_peak()
             torch.nn.utils.clip_grad_norm_(parameters, run.train.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return _Shallow(live.peak, int(flops.get_total_flops()))
+            step_peak = max(step_peak, live.peak)
+    return _Shallow((backward_peak, step_peak), flops.total)

@@ -69,7 +69,7 @@ def parameter_memory(
         )
         model = attach_method(base, run)
         attach_objective_parameters(objective, model)
-    quantized = _nf4_parameter_ids(base) if run.method.name == "qlora" else set()
+    quantized = nf4_parameter_ids(base) if run.method.name == "qlora" else set()
     frozen: dict[str, int] = {}
     trainable = total = trainable_bytes = 0
     element_size = torch.tensor([], dtype=weights_dtype).element_size()
@@ -103,7 +103,7 @@ def attach_method(base: nn.Module, run: RunConfig) -> nn.Module:
     return get_method(name).attach(base, settings)
 
 
-def _nf4_parameter_ids(base: nn.Module) -> set[int]:
+def nf4_parameter_ids(base: nn.Module) -> set[int]:
     """Weights bitsandbytes would store in NF4: those of nn.Linear layers, except the
     output head (transformers keeps it, and anything tied to it, unquantized)."""
     head = base.get_output_embeddings()

@@ -1,0 +1,49 @@
+"""A QLoRA probe on real 4-bit layers: the shallow model's linear weights put in NF4.
+
+The probe used to stand LoRA in for QLoRA (same trainable set, float linear layers), so
+whatever bitsandbytes' CPU path allocates (each 4-bit weight dequantized to the compute
+dtype in forward and again in backward) was never seen. Probing the shallow model with
+the same `Linear4bit` layers, quantized with the QLoRA method's own `BitsAndBytesConfig`,
+counts those tensors instead of modelling them. On SmolLM2 they turned out small (the
+copies are freed layer by layer): the step's tensors are about LoRA's, and what a QLoRA
+run holds beyond them is heap growth (docs/plan.md, "Measured accuracy").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunesmith.config import RunConfig
+from tunesmith.methods import get_method
+from tunesmith.plan.weights import nf4_parameter_ids
+
+
+def quantize_linear_layers(base: nn.Module, run: RunConfig, device: torch.device) -> nn.Module:
+    """``base`` with the linear layers bitsandbytes would quantize replaced by 4-bit ones
+    (random weights quantized in place; the head and embeddings stay float)."""
+    import bitsandbytes
+
+    options = get_method("qlora").base_load_options(run.method)
+    config = options["quantization_config"]
+    quantized = nf4_parameter_ids(base)
+    for parent in list(base.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear) or id(child.weight) not in quantized:
+                continue
+            layer = bitsandbytes.nn.Linear4bit(
+                child.in_features, child.out_features, bias=child.bias is not None,
+                compute_dtype=config.bnb_4bit_compute_dtype,
+                compress_statistics=config.bnb_4bit_use_double_quant,
+                quant_type=config.bnb_4bit_quant_type, device="meta",
+            )  # fmt: skip
+            layer.weight = bitsandbytes.nn.Params4bit(
+                child.weight.data, requires_grad=False,
+                compress_statistics=config.bnb_4bit_use_double_quant,
+                quant_type=config.bnb_4bit_quant_type, module=layer,
+            )  # fmt: skip
+            if child.bias is not None:
+                layer.bias = nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, layer.to(device))
+    base.is_loaded_in_4bit = True
+    return base
