@@ -6,6 +6,11 @@ linear layers draws one mask per layer per forward. On CPU ``nn.Dropout`` draws 
 with a threshold take half as long. The drop probability is rounded to a multiple of
 1/32768 (0.05 becomes 0.04999) and the kept values are scaled by the exact inverse of the
 keep probability, so the expectation is unchanged. On GPUs torch's fused kernel is used.
+
+Under CPU autocast the input is cast to the compute dtype first (also at p=0 and in eval):
+peft casts a bf16 input up to the fp32 adapter's dtype and the adapter's first matmul casts
+it back down, so the mask product (and the copy autograd keeps for backward) is half the
+size and the matmul's own cast is a no-op; the values reaching the matmul are the same.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class CheapDropout(nn.Module):
         self._threshold = round(p * _LEVELS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            x = x.to(torch.get_autocast_dtype("cpu"))  # peft cast it up to the fp32 adapter
         if not self.training or self._threshold == 0:
             return x
         if x.device.type != "cpu":

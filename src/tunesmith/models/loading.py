@@ -16,6 +16,7 @@ from transformers import (
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.bundled import BUNDLED_MODELS, BundledModelMissing, ensure_converted
+from tunesmith.models.rope import rope_in_compute_dtype
 
 
 class ModelError(TunesmithError):
@@ -81,6 +82,7 @@ def load_base_model(
     )
     if device is not None and "quantization_config" not in from_pretrained_options:
         model.to(device)
+    rope_in_compute_dtype(model)
     return LoadedModel(model=model, tokenizer=tokenizer, path=path)
 
 
