@@ -45,3 +45,31 @@ def compute_dtype_paths(model: nn.Module) -> nn.Module:
             module.register_forward_hook(_in_compute_dtype)
             module._tunesmith_compute_dtype = True
     return model
+
+
+def frozen_matmul_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen fp32 weights of ``model``'s linear layers in ``dtype``; returns how
+    many bytes that frees.
+
+    CPU autocast casts a frozen weight to bf16 on every forward (its cast cache keeps only
+    weights that require grad) and autograd keeps that copy for backward, so a LoRA step
+    holds the fp32 base and a bf16 copy of it. Stored in bf16 the weight is what autocast
+    would have cast it to, bit for bit, so the matmuls compute the same values, without the
+    casts or the second copy. Trainable weights, norms, biases that train and the embedding
+    table (read outside autocast, and tied to the head in many models) stay as they are.
+    """
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = embedding.weight.data_ptr() if embedding is not None else None
+    freed = 0
+    for module in model.modules():
+        if type(module) is not nn.Linear:
+            continue
+        weight = module.weight
+        if weight.requires_grad or weight.dtype != torch.float32 or weight.data_ptr() == tied:
+            continue
+        freed += weight.numel() * (weight.element_size() - torch.finfo(dtype).bits // 8)
+        module.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+        bias = module.bias
+        if bias is not None and not bias.requires_grad:
+            module.bias = nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+    return freed
