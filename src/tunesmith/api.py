@@ -53,6 +53,7 @@ from tunesmith.models import (
     pick_device,
     resolve_precision,
 )
+from tunesmith.models.autocast_paths import frozen_matmul_weights_in
 from tunesmith.plan.measure import peak_memory_bytes, resident_bytes
 from tunesmith.runs import RunPaths
 from tunesmith.training import (
@@ -119,6 +120,8 @@ def train(
     if processes.rank == 0:
         paths.config.write_text(config.to_yaml(), encoding="utf-8")
     trainable = build_trainable_model(config, device=device, dtype=precision.weights)
+    if _autocasts_on_cpu(precision, device) and processes.world_size == 1:
+        frozen_matmul_weights_in(trainable.model, precision.compute)
     with_model = resident_bytes()
     data = prepare_training_data(
         config, trainable.objective, trainable.tokenizer, paths, write_report=processes.rank == 0
@@ -218,6 +221,12 @@ def _plan(
         device=device,
     )
     return _Plan(parallel, learning_rate, total_steps, device, precision, contract, batches)
+
+
+def _autocasts_on_cpu(precision: Precision, device: torch.device) -> bool:
+    """fp32 weights with a half-precision forward on CPU: frozen matmul weights can be
+    stored in the compute dtype (one process only: FSDP wants one dtype per flat shard)."""
+    return device.type == "cpu" and precision.compute != precision.weights
 
 
 def _validation_loss(trainable: TrainableModel, data: TrainingData, plan: _Plan) -> float:

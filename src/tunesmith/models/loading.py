@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.autocast_paths import compute_dtype_paths
 from tunesmith.models.bundled import BUNDLED_MODELS, BundledModelMissing, ensure_converted
 
 
@@ -81,6 +82,7 @@ def load_base_model(
     )
     if device is not None and "quantization_config" not in from_pretrained_options:
         model.to(device)
+    compute_dtype_paths(model)
     return LoadedModel(model=model, tokenizer=tokenizer, path=path)
 
 
