@@ -11,21 +11,20 @@ run holds beyond them is heap growth (docs/plan.md, "Measured accuracy").
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from tunesmith.config import RunConfig
-from tunesmith.methods import get_method
 from tunesmith.plan.weights import nf4_parameter_ids
 
 
-def quantize_linear_layers(base: nn.Module, run: RunConfig, device: torch.device) -> nn.Module:
-    """``base`` with the linear layers bitsandbytes would quantize replaced by 4-bit ones
-    (random weights quantized in place; the head and embeddings stay float)."""
+def quantize_linear_layers(base: nn.Module, config: Any, device: torch.device) -> nn.Module:
+    """``base`` with the linear layers bitsandbytes would quantize under ``config`` (the
+    method's `BitsAndBytesConfig`) replaced by 4-bit ones (random weights quantized in
+    place; the head and embeddings stay float)."""
     import bitsandbytes
 
-    options = get_method("qlora").base_load_options(run.method)
-    config = options["quantization_config"]
     quantized = nf4_parameter_ids(base)
     for parent in list(base.modules()):
         for name, child in list(parent.named_children()):
