@@ -125,7 +125,6 @@ def measure(method: str, batch: int, length: int, steps: int, calibrate: int) ->
 
 
 HEAP = "heap the allocator keeps (CPU)"
-RUNTIME = "training runtime (autograd, kernels, threads)"
 CHECKPOINT = "checkpoint written in memory (CPU)"
 
 
@@ -133,16 +132,14 @@ def current_prediction(row: dict) -> int:
     """The peak the plan predicts with the constants in devices.py and estimate.py now,
     from the recorded components (so a re-fitted heap factor or the checkpoint's share can
     be checked without training again)."""
-    from tunesmith.plan.devices import CPU_HEAP_RETENTION, CPU_RUNTIME_BYTES
+    from tunesmith.plan.devices import CPU_HEAP_RETENTION
     from tunesmith.plan.estimate import ADAM_STATES
 
-    derived = (HEAP, RUNTIME, CHECKPOINT)
+    derived = (HEAP, CHECKPOINT)
     parts = {k: v for k, v in row["components"].items() if k not in derived}
     working = parts["activations, logits, temporaries"]
     checkpoint = ADAM_STATES * parts["trainable weights"]
-    return round(
-        sum(parts.values()) + CPU_RUNTIME_BYTES + working * (CPU_HEAP_RETENTION - 1) + checkpoint
-    )
+    return round(sum(parts.values()) + working * (CPU_HEAP_RETENTION - 1) + checkpoint)
 
 
 def report(results: list[dict]) -> None:

@@ -53,7 +53,10 @@ from tunesmith.models import (
     pick_device,
     resolve_precision,
 )
-from tunesmith.models.autocast_paths import frozen_matmul_weights_in
+from tunesmith.models.autocast_paths import (
+    store_frozen_linears_in,
+    stores_frozen_linears_in_compute_dtype,
+)
 from tunesmith.plan.measure import peak_memory_bytes, resident_bytes
 from tunesmith.runs import RunPaths
 from tunesmith.training import (
@@ -105,7 +108,6 @@ def train(
     ``allow_mismatch`` continues a checkpoint whose settings differ (each one listed).
     """
     console = console or Console()
-    process_bytes = resident_bytes()  # before the model: the plan counts its weights itself
     processes = Processes.join()
     threads = configure_threads(config.train.threads, processes.local_world_size)
     paths = RunPaths(config.run_dir)
@@ -120,13 +122,14 @@ def train(
     if processes.rank == 0:
         paths.config.write_text(config.to_yaml(), encoding="utf-8")
     trainable = build_trainable_model(config, device=device, dtype=precision.weights)
-    if _autocasts_on_cpu(precision, device) and processes.world_size == 1:
-        frozen_matmul_weights_in(trainable.model, precision.compute)
-    with_model = resident_bytes()
+    if stores_frozen_linears_in_compute_dtype(precision, device, processes.world_size):
+        store_frozen_linears_in(trainable.model, precision.compute)
     data = prepare_training_data(
         config, trainable.objective, trainable.tokenizer, paths, write_report=processes.rank == 0
     )
-    process_bytes += resident_bytes() - with_model  # the tokenized data, not the weights
+    # The plan counts the model's tensors itself; the modelling code, the data and whatever
+    # loading left in the heap are this process's own.
+    process_bytes = resident_bytes() - _tensor_bytes(trainable.model)
     plan = _plan(config, trainable, data, processes, device, precision)
     run_plan = None
     if processes.rank == 0:
@@ -223,10 +226,9 @@ def _plan(
     return _Plan(parallel, learning_rate, total_steps, device, precision, contract, batches)
 
 
-def _autocasts_on_cpu(precision: Precision, device: torch.device) -> bool:
-    """fp32 weights with a half-precision forward on CPU: frozen matmul weights can be
-    stored in the compute dtype (one process only: FSDP wants one dtype per flat shard)."""
-    return device.type == "cpu" and precision.compute != precision.weights
+def _tensor_bytes(model: torch.nn.Module) -> int:
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values() if t.device.type == "cpu")
 
 
 def _validation_loss(trainable: TrainableModel, data: TrainingData, plan: _Plan) -> float:

@@ -78,7 +78,7 @@ def test_frozen_weights_in_bf16_compute_what_autocast_computed(tiny_model) -> No
     """Stored in bf16, a frozen weight is what autocast cast it to: same logits, bit for bit;
     adapter weights, norms and the (tied) embedding stay fp32."""
     from tunesmith.methods import get_method, method_settings
-    from tunesmith.models.autocast_paths import frozen_matmul_weights_in
+    from tunesmith.models.autocast_paths import store_frozen_linears_in
 
     model = get_method("lora").attach(tiny_model, method_settings(r=4, alpha=8, dropout=0.0))
     for name, parameter in model.named_parameters():  # nonzero B, so the adapters count
@@ -87,9 +87,9 @@ def test_frozen_weights_in_bf16_compute_what_autocast_computed(tiny_model) -> No
     ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         before = model(input_ids=ids).logits
-        freed = frozen_matmul_weights_in(model, torch.bfloat16)
+        changed = store_frozen_linears_in(model, torch.bfloat16)
         after = model(input_ids=ids).logits
-    assert freed > 0
+    assert changed > 0
     assert torch.equal(before, after)
     dtypes = {name: p.dtype for name, p in model.named_parameters()}
     assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "norm" in n)

@@ -187,10 +187,10 @@ def test_cpu_plan_counts_the_checkpoint_file_serialized_in_memory(tmp_path) -> N
     )  # fmt: skip
     parameters = parameter_memory(run, _config(), _sft(run), weights_dtype=torch.float32)
     probe = ProbeResult(peak_bytes=10**6, flops_per_pass=1, piece_slots=1)
-    plan = memory_plan(parameters, probe, lookup_device("a100-80gb"), 0)
+    plan = memory_plan(parameters, probe, lookup_device("a100-80gb"), 0, 0)
     assert "checkpoint written in memory (CPU)" not in plan.components  # not in CUDA memory
     cpu = replace(lookup_device("a100-80gb"), kind="cpu")
-    planned = memory_plan(parameters, probe, cpu, 0).components
+    planned = memory_plan(parameters, probe, cpu, 0, 0).components
     written = (path / OPTIMIZER_FILE).stat().st_size
     # The file adds the step counters and per-tensor pickle records: ~6% of a 60k-parameter
     # model, nothing at real sizes.

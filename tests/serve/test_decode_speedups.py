@@ -13,9 +13,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from tunesmith.evaluate.generate import left_padded
+from tunesmith.models.autocast_paths import store_frozen_linears_in
 from tunesmith.models.precision import Precision
 from tunesmith.serve import grouped_lora
-from tunesmith.serve.frozen_weights import store_linears_in_compute_dtype
 from tunesmith.serve.registry import BASE_ROW, Registry
 
 FP32 = Precision(weights=torch.float32, compute=torch.float32, reason="test")
@@ -80,8 +80,8 @@ def test_a_model_with_modules_to_save_keeps_peft_mixing(serve_base_dir: Path) ->
 def test_linears_in_compute_dtype_give_autocast_logits(serve_base_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(serve_base_dir).eval()
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, as SmolLM2
-    stored = copy.deepcopy(model)
-    converted = store_linears_in_compute_dtype(stored, BF16)
+    stored = copy.deepcopy(model).requires_grad_(False)  # as the registry serves it
+    converted = store_frozen_linears_in(stored, torch.bfloat16, copy_tied=True)
     assert converted == 2 * 7 + 1  # seven projections in each of 2 layers, and the head
     assert stored.model.embed_tokens.weight.dtype == torch.float32  # lookups stay fp32
     assert stored.lm_head.weight.dtype == torch.bfloat16
@@ -91,5 +91,6 @@ def test_linears_in_compute_dtype_give_autocast_logits(serve_base_dir: Path) -> 
         expected = model(input_ids=input_ids, attention_mask=mask).logits
         got = stored(input_ids=input_ids, attention_mask=mask).logits
     assert torch.equal(got, expected)
-    assert store_linears_in_compute_dtype(stored, BF16) == 0  # idempotent
-    assert store_linears_in_compute_dtype(copy.deepcopy(model), FP32) == 0
+    assert store_frozen_linears_in(stored, torch.bfloat16, copy_tied=True) == 0  # idempotent
+    fp32 = copy.deepcopy(model).requires_grad_(False)
+    assert store_frozen_linears_in(fp32, torch.float32, copy_tied=True) == 0  # already fp32

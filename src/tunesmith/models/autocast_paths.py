@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tunesmith.models.precision import Precision
+
 _SUFFIXES = ("RotaryEmbedding", "RMSNorm")
 
 
@@ -47,29 +49,44 @@ def compute_dtype_paths(model: nn.Module) -> nn.Module:
     return model
 
 
-def frozen_matmul_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
-    """Store the frozen fp32 weights of ``model``'s linear layers in ``dtype``; returns how
-    many bytes that frees.
+def stores_frozen_linears_in_compute_dtype(
+    precision: Precision, device: torch.device, world_size: int = 1
+) -> bool:
+    """fp32 weights with a half-precision forward on CPU: frozen linear weights are stored
+    in the compute dtype (one process only: FSDP wants one dtype per flat shard). Training,
+    the plan's parameter count and its probe ask this same question."""
+    return device.type == "cpu" and precision.compute != precision.weights and world_size == 1
+
+
+@torch.no_grad()
+def store_frozen_linears_in(
+    model: nn.Module, dtype: torch.dtype, *, copy_tied: bool = False
+) -> int:
+    """Store the frozen floating-point weights (and frozen biases) of ``model``'s plain
+    ``nn.Linear`` layers in ``dtype``; returns how many layers changed.
 
     CPU autocast casts a frozen weight to bf16 on every forward (its cast cache keeps only
     weights that require grad) and autograd keeps that copy for backward, so a LoRA step
-    holds the fp32 base and a bf16 copy of it. Stored in bf16 the weight is what autocast
-    would have cast it to, bit for bit, so the matmuls compute the same values, without the
-    casts or the second copy. Trainable weights, norms, biases that train and the embedding
-    table (read outside autocast, and tied to the head in many models) stay as they are.
+    holds the fp32 base and a bf16 copy of it, and a decode step, which multiplies each
+    weight by a handful of rows, spends as long re-casting as multiplying. Stored in bf16 the
+    weight is what autocast would have cast it to, bit for bit, so every product (and every
+    answer `tunesmith eval`, `generate` and `serve` give) is unchanged, without the casts
+    or the second copy. Trainable weights, norms and embedding tables (read outside
+    autocast) keep their dtype; quantized layers (bitsandbytes subclasses) are left alone.
+    A head tied to the embeddings is skipped, or with ``copy_tied`` given a bf16 copy of its
+    own (the server's choice: the lookup must go on reading fp32).
     """
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    tied = embedding.weight.data_ptr() if embedding is not None else None
-    freed = 0
+    embeddings = {id(sub.weight) for sub in model.modules() if isinstance(sub, nn.Embedding)}
+    changed = 0
     for module in model.modules():
-        if type(module) is not nn.Linear:
+        weight = module.weight if type(module) is nn.Linear else None
+        if weight is None or weight.requires_grad or weight.dtype == dtype:
             continue
-        weight = module.weight
-        if weight.requires_grad or weight.dtype != torch.float32 or weight.data_ptr() == tied:
+        if not weight.is_floating_point() or (id(weight) in embeddings and not copy_tied):
             continue
-        freed += weight.numel() * (weight.element_size() - torch.finfo(dtype).bits // 8)
         module.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)
         bias = module.bias
         if bias is not None and not bias.requires_grad:
             module.bias = nn.Parameter(bias.detach().to(dtype), requires_grad=False)
-    return freed
+        changed += 1
+    return changed

@@ -16,6 +16,7 @@ from tunesmith.config import RunConfig
 from tunesmith.engine.batches import BatchSettings
 from tunesmith.methods import get_method
 from tunesmith.models import Precision, resolve_precision
+from tunesmith.models.autocast_paths import stores_frozen_linears_in_compute_dtype
 from tunesmith.models.loading import resolve_model_path
 from tunesmith.objectives import Objective
 from tunesmith.plan.devices import DeviceSpec, lookup_device
@@ -60,6 +61,9 @@ class _Context:
     precision: Precision
     probe_device: torch.device
     process_bytes: int
+    runtime_bytes: int = 0
+    """What this process's first training step allocates besides tensors (autograd engine,
+    oneDNN kernels, thread pools): measured as the probe's growth of the resident set."""
 
 
 def resolve_device(name: str) -> DeviceSpec:
@@ -104,9 +108,15 @@ def plan_prepared(
         str(resolve_model_path(run.model.name, run.model.cache_dir)),
         trust_remote_code=run.model.trust_remote_code,
     )
-    parameters = parameter_memory(run, model_config, objective, weights_dtype=precision.weights)
+    frozen_linears = stores_frozen_linears_in_compute_dtype(precision, torch.device(device.kind))
+    parameters = parameter_memory(
+        run, model_config, objective, weights_dtype=precision.weights,
+        frozen_linears_dtype=precision.compute if frozen_linears else None,
+    )  # fmt: skip
+    before_probe = resident_bytes()
     probe = _probe(context, run, model_config, workload)
-    memory = memory_plan(parameters, probe, device, context.process_bytes)
+    context.runtime_bytes = max(0, resident_bytes() - before_probe)
+    memory = memory_plan(parameters, probe, device, context.process_bytes, context.runtime_bytes)
     timing = time_plan(probe, workload, device)
     price = device.price_per_hour if request.price_per_hour is None else request.price_per_hour
     trained_tokens = round(workload.real_tokens_per_epoch * workload.epochs)
@@ -179,7 +189,12 @@ def _explore(context: _Context, plan: Plan, model_config: Any, probe: ProbeResul
         workload = _workload(context, changed)
         scale = workload.largest_piece_slots / max(1, probed.piece_slots)
         return memory_plan(
-            parameters, probed, context.device, context.process_bytes, activation_scale=scale
+            parameters,
+            probed,
+            context.device,
+            context.process_bytes,
+            context.runtime_bytes,
+            activation_scale=scale,
         ).total_bytes
 
     candidates = [b for b in BATCH_CANDIDATES if b <= max(1, len(context.examples))]

@@ -29,11 +29,6 @@ fine-tuning reaches less). A rough guide, used only without --calibrate."""
 GPU_EFFICIENCY = 0.35
 """Share of dense bf16 peak assumed for small-model fine-tuning on a GPU (not measured)."""
 
-CPU_RUNTIME_BYTES = 160 * 1000**2
-"""What the first training steps allocate besides tensors on CPU (autograd engine, oneDNN
-kernel caches, thread pools, checkpoint writer): measured as the peak RSS of a tiny-model
-run minus its tensors (tests/plan/test_memory_limit.py's run)."""
-
 CPU_HEAP_RETENTION = 1.4
 """Peak RSS per byte of a step's working set on CPU: glibc keeps freed activation memory
 in its heap and the next step's differently sized tensors do not all fit the holes.

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 
 from tunesmith.plan.devices import (
     CPU_HEAP_RETENTION,
-    CPU_RUNTIME_BYTES,
     CUDA_CONTEXT_BYTES,
     DeviceSpec,
 )
@@ -124,11 +123,13 @@ def memory_plan(
     probe: ProbeResult,
     device: DeviceSpec,
     process_bytes: int,
+    runtime_bytes: int,
     *,
     activation_scale: float = 1.0,
 ) -> MemoryPlan:
     """Sum the components; ``activation_scale`` stretches the probed working set to a
-    wider piece (another batch size or max_tokens_per_forward)."""
+    wider piece (another batch size or max_tokens_per_forward). ``runtime_bytes`` is the
+    CPU process's non-tensor growth in its first step, as the probe measured it."""
     optimizer = parameters.trainable_bytes * (1 + ADAM_STATES)  # gradients + two moments
     working = max(0, probe.peak_bytes - optimizer)
     components = {
@@ -147,7 +148,7 @@ def memory_plan(
     )
     components["process (interpreter, libraries, data)"] = process_bytes
     components["checkpoint written in memory (CPU)"] = _checkpoint_excess(parameters)
-    components["training runtime (autograd, kernels, threads)"] = CPU_RUNTIME_BYTES
+    components["training runtime (autograd, kernels, threads)"] = runtime_bytes
     total = sum(components.values())
     return MemoryPlan(components, total, total)
 

@@ -23,6 +23,10 @@ from tunesmith.config import RunConfig
 from tunesmith.engine.loop import LoopSettings, build_optimizer
 from tunesmith.methods import get_method
 from tunesmith.models import Precision, enable_gradient_checkpointing
+from tunesmith.models.autocast_paths import (
+    store_frozen_linears_in,
+    stores_frozen_linears_in_compute_dtype,
+)
 from tunesmith.objectives import Objective, attach_objective_parameters
 from tunesmith.plan.flops import CountFlops
 from tunesmith.plan.quantized import quantize_linear_layers
@@ -103,11 +107,15 @@ def _measure(
     base = AutoModelForCausalLM.from_config(
         model_config, dtype=precision.weights, trust_remote_code=run.model.trust_remote_code
     ).to(device)
-    if run.method.name == "qlora":  # real 4-bit layers: their float copies are measured
-        model = get_method("qlora").attach(quantize_linear_layers(base, run, device), run.method)
+    method = get_method(run.method.name)
+    quantization = method.base_load_options(run.method).get("quantization_config")
+    if quantization is not None:  # real 4-bit layers: their float copies are measured
+        model = method.attach(quantize_linear_layers(base, quantization, device), run.method)
     else:
         model = attach_method(base, run)
     attach_objective_parameters(objective, model)
+    if stores_frozen_linears_in_compute_dtype(precision, device):
+        store_frozen_linears_in(model, precision.compute)  # as training stores them
     if run.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model.train()

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from tunesmith.config import RunConfig
 from tunesmith.methods import get_method
+from tunesmith.models.autocast_paths import store_frozen_linears_in
 from tunesmith.objectives import Objective, attach_objective_parameters
 
 NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
@@ -61,14 +62,19 @@ def parameter_memory(
     objective: Objective,
     *,
     weights_dtype: torch.dtype,
+    frozen_linears_dtype: torch.dtype | None = None,
 ) -> ParameterMemory:
-    """Counts and bytes of the run's trained model, built on the meta device."""
+    """Counts and bytes of the run's trained model, built on the meta device; with
+    ``frozen_linears_dtype``, its frozen linear weights stored in that dtype as training
+    stores them (`store_frozen_linears_in`)."""
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(
             model_config, dtype=weights_dtype, trust_remote_code=run.model.trust_remote_code
         )
         model = attach_method(base, run)
         attach_objective_parameters(objective, model)
+        if frozen_linears_dtype is not None:
+            store_frozen_linears_in(model, frozen_linears_dtype)
     quantized = nf4_parameter_ids(base) if run.method.name == "qlora" else set()
     frozen: dict[str, int] = {}
     trainable = total = trainable_bytes = 0

@@ -26,10 +26,10 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.generate import _stop_token_ids
 from tunesmith.methods import get_method
 from tunesmith.models import Precision, load_base_model, pick_device, resolve_precision
+from tunesmith.models.autocast_paths import store_frozen_linears_in
 from tunesmith.models.loading import resolve_model_path
 from tunesmith.runs import RunError, RunPaths, load_trained, read_run_config
 from tunesmith.serve import grouped_lora
-from tunesmith.serve.frozen_weights import store_linears_in_compute_dtype
 
 BASE_ROW = "__base__"
 
@@ -195,7 +195,9 @@ class Registry:
             precision = trained.precision
             parent = base_model_id(str(config.model.name))
             fallback = trained.tokenizer
-        store_linears_in_compute_dtype(module, precision)  # new adapters' layers too
+        module.requires_grad_(False)  # served weights never train
+        if precision.compute != precision.weights:  # new adapters' layers too
+            store_frozen_linears_in(module, precision.compute, copy_tied=True)
         tokenizer = _run_tokenizer(run_dir, fallback)
         served = self._served(
             model_id, module, adapter, tokenizer, final, parent, base_key, precision
