@@ -162,16 +162,50 @@ def start_tunesmith_serve(runs: list[Path], key_file: Path, max_batch: int):
     return process, url
 
 
-def start_transformers_serve(model_dir: Path, continuous: bool) -> tuple[subprocess.Popen, str]:
+def start_transformers_serve(
+    model_dir: Path, continuous: bool, threads: int | None
+) -> tuple[subprocess.Popen, str]:
+    """``threads``: OMP_NUM_THREADS for the server (None: torch's own default)."""
     port = free_port()
     command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1",
                "--port", str(port), str(model_dir)]  # fmt: skip
     if continuous:
         command.append("--continuous-batching")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     wait_until_serving(process, url, "none")
     return process, url
+
+
+def transformers_serve_rows(merged: Path, threads: int | None, args) -> list[str]:
+    """Rows for `transformers serve` on the merged run: with continuous batching, or without
+    it where that does not start."""
+    rows = []
+    label = "default threads" if threads is None else f"{threads} torch thread(s)"
+    for continuous in (True, False):
+        name = "transformers serve" + (" --continuous-batching" if continuous else "")
+        try:
+            process, url = start_transformers_serve(merged, continuous, threads)
+        except RuntimeError as error:
+            rows.append(f"| {name} | - | not run: {str(error).splitlines()[-1][:80]} | | | | |")
+            print(rows[-1], flush=True)
+            continue
+        try:
+            for clients in args.clients:
+                result = drive(url, "none", [str(merged)], clients, args.requests,
+                               args.max_tokens)  # fmt: skip
+                rows.append(row(f"{name} (1 merged model, {label})", clients, result))
+                print(rows[-1], flush=True)
+        except Exception as error:  # report and go on: the other rows still stand
+            rows.append(f"| {name} | - | failed: {type(error).__name__} | | | | |")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        break  # continuous batching worked (or failed mid-run): one row set per setting
+    return rows
 
 
 def row(name: str, clients: int, result) -> str:
@@ -219,29 +253,13 @@ def main() -> None:
         lines.append(row("HF generate, one at a time", clients, result))
         print(lines[-1], flush=True)
     if not args.skip_transformers_serve:
+        # The peer at its own default and at tunesmith's default thread count (one CPU left
+        # for the HTTP loop), so whichever is its best setting on this machine is shown.
+        from tunesmith.engine.threads import usable_cpus
+
         merged = api.merge(runs[0])
-        for continuous in (True, False):
-            name = "transformers serve" + (" --continuous-batching" if continuous else "")
-            try:
-                process, url = start_transformers_serve(merged, continuous)
-            except RuntimeError as error:
-                lines.append(
-                    f"| {name} | - | not run: {str(error).splitlines()[-1][:80]} | | | | |"
-                )
-                print(lines[-1], flush=True)
-                continue
-            try:
-                for clients in args.clients:
-                    result = drive(url, "none", [str(merged)], clients, args.requests,
-                                   args.max_tokens)  # fmt: skip
-                    lines.append(row(name + " (1 merged model)", clients, result))
-                    print(lines[-1], flush=True)
-            except Exception as error:  # report and go on: the other rows still stand
-                lines.append(f"| {name} | - | failed: {type(error).__name__} | | | | |")
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
-            break  # continuous batching worked (or failed mid-run): one transformers row set
+        for threads in (None, max(1, usable_cpus() - 1)):
+            lines.extend(transformers_serve_rows(merged, threads, args))
     print("\n" + "\n".join(lines))
 
 

@@ -212,7 +212,7 @@ def test_truncate_prompt_keeps_the_longest_tail_that_fits(tiny_tokenizer) -> Non
 
 
 @pytest.mark.e2e
-def test_smollm2_on_gsm8k_is_fast_masks_answers_and_caches(tmp_path) -> None:
+def test_smollm2_on_gsm8k_masks_answers_and_caches(tmp_path) -> None:
     from transformers import AutoTokenizer
 
     from tunesmith.models.loading import resolve_model_path
@@ -237,7 +237,8 @@ def test_smollm2_on_gsm8k_is_fast_masks_answers_and_caches(tmp_path) -> None:
     cold, cold_seconds = tokenize(tmp_path)
     warm, warm_seconds = tokenize(tmp_path)
     assert not cold.cache_hit and warm.cache_hit and warm.examples == cold.examples
-    assert len(records) / cold_seconds > 300  # ~2,800/s measured on 2 shared cores
+    # Throughput is benchmarks/data_prepare.py's to measure (a timed assertion here failed
+    # CI on a busy machine); a cache hit that costs as much as tokenizing is no cache.
     assert warm_seconds < cold_seconds
     for row, example in zip(rows, cold.examples, strict=True):
         assert trained_text(tokenizer, example) == row["answer"] + "<|im_end|>\n"
