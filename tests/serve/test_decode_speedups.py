@@ -56,6 +56,20 @@ def test_row_slices_compute_what_peft_mixed_batches_compute(
     assert torch.equal(ours[2], base[2])
 
 
+def test_an_adapter_loaded_again_under_its_name_is_stacked_again(serve_base_dir, tiny_runs) -> None:
+    model = _two_adapters(serve_base_dir, tiny_runs)
+    names = ["alpha", "alpha", BASE_ROW, "beta", "beta", "beta"]
+    before = _logits(model, names, FP32, grouped=True)  # alpha's and beta's weights stacked
+    model.delete_adapter("beta")
+    model.load_adapter(tiny_runs[0] / "final", adapter_name="beta")  # alpha's weights now
+    grouped_lora.install(model)
+    ours = _logits(model, names, FP32, grouped=True)
+    assert torch.equal(ours, _logits(model, names, FP32, grouped=False))
+    as_alpha = _logits(model, ["alpha", "alpha", BASE_ROW, "alpha", "alpha", "alpha"], FP32,
+                       grouped=True)  # fmt: skip
+    assert torch.equal(ours[3:], as_alpha[3:]) and not torch.equal(ours[3:], before[3:])
+
+
 def test_the_registry_serves_shared_bases_through_row_slices(tiny_runs) -> None:
     registry = Registry(device="cpu")
     for run in tiny_runs:
