@@ -27,6 +27,7 @@ from transformers.cache_utils import DynamicLayer
 from tunesmith.evaluate.generate import left_padded
 from tunesmith.models.precision import Precision
 from tunesmith.serve import grouped_lora
+from tunesmith.serve.prefix_cache import PrefixCache
 
 if TYPE_CHECKING:
     from tunesmith.serve.decoding import Job, Row
@@ -89,8 +90,16 @@ def merge_caches(
 class RunningBatch:
     """The greedy rows of one module that are decoding now."""
 
-    def __init__(self, module: nn.Module, precision: Precision, pad_id: int, adapters: bool):
+    def __init__(
+        self,
+        module: nn.Module,
+        precision: Precision,
+        pad_id: int,
+        adapters: bool,
+        prefixes: PrefixCache | None = None,
+    ):
         self.module = module
+        self.prefixes = prefixes if prefixes is not None else PrefixCache()
         self.precision = precision
         self.pad_id = pad_id
         self.adapters = adapters
@@ -133,15 +142,19 @@ class RunningBatch:
             return
         pairs.sort(key=lambda pair: pair[0])
         names, rows = [name for name, _ in pairs], [row for _, row in pairs]
-        input_ids, mask = left_padded([row.prompt_ids for row in rows], self.pad_id)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, cache = self._prefill_inputs(names, rows)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - input_ids.shape[1] :]
         tokens, cache = self._forward(
             names,
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
-            cache=DynamicCache(),
+            cache=cache,
         )
+        for index in {name: index for index, name in enumerate(names)}.values():
+            self.prefixes.remember(
+                self.module, names[index], rows[index].prompt_ids, cache, mask, index
+            )
         if self.cache is None:
             self.cache, self.mask = cache, mask
         else:
@@ -151,6 +164,40 @@ class RunningBatch:
         self.last = torch.cat([self.last, tokens])
         self._group()
         self._accept(tokens.tolist(), rows)
+
+    def _prefill_inputs(
+        self, names: list[str], rows: list[Row]
+    ) -> tuple[torch.Tensor, torch.Tensor, DynamicCache]:
+        """The tokens to prefill, the attention mask over cache and tokens, and the cache:
+        each row's kept opening (left-padded to the longest) and the rest of its prompt
+        (left-padded too) after it; the padding between them is masked."""
+        kept = [
+            self.prefixes.lookup(self.module, name, row.prompt_ids)
+            for name, row in zip(names, rows, strict=True)
+        ]
+        lengths = [0 if layers is None else layers[0][0].shape[-2] for layers in kept]
+        input_ids, mask = left_padded(
+            [row.prompt_ids[length:] for row, length in zip(rows, lengths, strict=True)],
+            self.pad_id,
+        )
+        width = max(lengths)
+        if width == 0:
+            return input_ids, mask, DynamicCache()
+        template = next(layers for layers in kept if layers is not None)
+        layers = []
+        for index, (keys, values) in enumerate(template):
+            per_row = [
+                (keys[..., :0, :], values[..., :0, :]) if row is None else row[index]
+                for row in kept
+            ]
+            layers.append(
+                (
+                    torch.cat([_pad_left(k, width) for k, _ in per_row]),
+                    torch.cat([_pad_left(v, width) for _, v in per_row]),
+                )
+            )
+        opening = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], dtype=mask.dtype)
+        return input_ids, torch.cat([opening, mask], dim=1), DynamicCache(ddp_cache_data=layers)
 
     def _group(self) -> None:
         """Reorder the rows (and their cache) so that each adapter's rows are adjacent."""

@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCrit
 from tunesmith.evaluate.generate import left_padded
 from tunesmith.models.precision import Precision
 from tunesmith.serve.continuous import RunningBatch, supports
+from tunesmith.serve.prefix_cache import PrefixCache
 
 Emit = Callable[[tuple[Any, ...]], None]
 """Receives ("text", row, piece), ("done", row, finish_reason, tokens) or ("error", message)."""
@@ -188,6 +189,7 @@ class Decoder:
         self.on_batch = on_batch
         self._waiting: list[Job | _Call] = []
         self._running: list[RunningBatch] = []
+        self._prefixes = PrefixCache()
         self._ready = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="tunesmith-decoder", daemon=True)
@@ -229,6 +231,7 @@ class Decoder:
                     return
                 call, joining, static = self._plan()
             if call is not None:
+                self._prefixes.clear()  # a run loaded again may reuse an adapter's name
                 call.run()
                 continue
             try:
@@ -292,7 +295,9 @@ class Decoder:
         for running in [*self._running, *(r for r, _ in joining.values())]:
             if running.fits(job):
                 return running
-        return RunningBatch(job.module, job.precision, job.pad_id, job.adapter is not None)
+        return RunningBatch(
+            job.module, job.precision, job.pad_id, job.adapter is not None, self._prefixes
+        )
 
     def _fail_everything(self, message: str) -> None:
         for item in self._waiting:
