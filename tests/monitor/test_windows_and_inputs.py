@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -82,3 +83,25 @@ def test_records_can_be_streamed_instead_of_kept(tmp_path: Path) -> None:
     assert streamed.records == [] and streamed.streamed == 50
     assert seen == kept.records and streamed.rows_in == kept.rows_in == 51
     assert [p.location for p in streamed.problems] == [p.location for p in kept.problems]
+
+
+def test_reading_a_request_log_never_holds_all_its_parsed_records(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path)
+    for i in range(3000):
+        log.write(
+            model="m", messages=[{"role": "user", "content": f"play song {i} on my playlist"}],
+            answer="PlayMusic", latency_s=0.1, prompt_tokens=6, completion_tokens=2,
+            finish_reason="stop",
+        )  # fmt: skip
+
+    def peak(read) -> int:
+        tracemalloc.start()
+        try:
+            read()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    whole = peak(lambda: read_file(log.path))
+    streamed = peak(lambda: read_live_inputs(log.path))
+    assert streamed < 0.8 * whole, (streamed, whole)
