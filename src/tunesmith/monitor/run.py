@@ -171,7 +171,7 @@ def monitor_run(
 def _features(
     run_dir: Path, reference: Reference, live: LiveInputs, seed: int, on_progress: Progress
 ) -> Features:
-    total = len(reference.prompts) + len(live)
+    total = len(reference.prompts) + len(live) + len(reference.validation_prompts)
     step = max(1000, total // 10)
 
     def embedded(done: int) -> None:
