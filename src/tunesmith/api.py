@@ -568,18 +568,21 @@ def monitor(
     seed: int = 0,
     to_label: int = 50,
     perplexity: bool = True,
+    perplexity_sample: int | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> MonitorResult:
     """Test live inputs (a request log or any data file) for drift against the run's training
     inputs; write ``result.json``, ``to_label.jsonl`` and ``report.html`` (default
     ``RUN_DIR/monitor/``). ``perplexity`` scores prompts with the run's fine-tuned
-    model (skipped when the run has no weights). ``window`` is a count (500) or a duration
-    ("1h"); the verdict (``result.drifted``) is the newest window's, after Holm correction
-    across signals."""
+    model (skipped when the run has no weights): ``perplexity_sample`` prompts of each
+    window (default 100), its null drawn at that size. ``window`` is a count (500) or a
+    duration ("1h"); the verdict (``result.drifted``) is the newest window's, after Holm
+    correction across signals."""
     from tunesmith.monitor.calibrate import DEFAULT_ALPHA, DEFAULT_DRAWS
     from tunesmith.monitor.inputs import parse_since
     from tunesmith.monitor.output import write_outputs
     from tunesmith.monitor.run import MonitorSettings, monitor_run
+    from tunesmith.monitor.signals import PERPLEXITY_SAMPLE
     from tunesmith.monitor.windows import parse_window
 
     settings = MonitorSettings(
@@ -591,6 +594,7 @@ def monitor(
         seed=seed,
         to_label=to_label,
         perplexity=perplexity,
+        perplexity_sample=PERPLEXITY_SAMPLE if perplexity_sample is None else perplexity_sample,
     )
     result = monitor_run(Path(run_dir), Path(inputs), settings, on_progress or (lambda _: None))
     result.paths = write_outputs(result, to_label)

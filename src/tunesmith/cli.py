@@ -634,6 +634,13 @@ def monitor(
         bool,
         typer.Option(help="Score prompts with the fine-tuned model (slowest signal)."),
     ] = True,
+    perplexity_sample: Annotated[
+        int | None,
+        typer.Option(
+            help="Prompts per window the fine-tuned model scores, a seeded sample whose null "
+            "is drawn at the same size (default 100)."
+        ),
+    ] = None,
 ) -> None:
     """Is live traffic drifting from the training data? Exit 0: no drift, 3: drift."""
     from tunesmith import api
@@ -642,7 +649,7 @@ def monitor(
     err_console.print(f"[bold]tunesmith monitor[/bold] {inputs} against {run_dir}")
     result = api.monitor(
         run_dir, inputs, window=window, since=since, out_dir=out, draws=draws, alpha=alpha,
-        perplexity=perplexity, on_progress=_print_progress,
+        perplexity=perplexity, perplexity_sample=perplexity_sample, on_progress=_print_progress,
     )  # fmt: skip
     _print_monitor_summary(result)
     if result.drifted:

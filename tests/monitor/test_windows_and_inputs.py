@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from tunesmith.data.formats import read_file
+from tunesmith.data.records import Record
 from tunesmith.monitor.errors import MonitorError
 from tunesmith.monitor.inputs import parse_since, read_live_inputs
 from tunesmith.monitor.windows import count_windows, make_windows, parse_window
@@ -64,3 +67,41 @@ def test_since_keeps_later_inputs_and_time_windows_group_them(tmp_path: Path) ->
     windows = make_windows(read_live_inputs(path), timedelta(minutes=25), largest=1000)
     assert [len(w.positions) for w in windows] == [25, 25, 10]
     assert [w.tested for w in windows] == [True, True, False]
+
+
+def test_records_can_be_streamed_instead_of_kept(tmp_path: Path) -> None:
+    """The live reader keeps only each record's text: read_file must not hold them all."""
+    path = tmp_path / "log.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(50)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "not json\n")
+    kept = read_file(path)
+    seen: list[Record] = []
+    streamed = read_file(path, on_record=seen.append)
+    assert streamed.records == [] and streamed.streamed == 50
+    assert seen == kept.records and streamed.rows_in == kept.rows_in == 51
+    assert [p.location for p in streamed.problems] == [p.location for p in kept.problems]
+
+
+def test_reading_a_request_log_never_holds_all_its_parsed_records(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path)
+    for i in range(3000):
+        log.write(
+            model="m", messages=[{"role": "user", "content": f"play song {i} on my playlist"}],
+            answer="PlayMusic", latency_s=0.1, prompt_tokens=6, completion_tokens=2,
+            finish_reason="stop",
+        )  # fmt: skip
+
+    def peak(read) -> int:
+        tracemalloc.start()
+        try:
+            read()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    whole = peak(lambda: read_file(log.path))
+    streamed = peak(lambda: read_live_inputs(log.path))
+    assert streamed < 0.8 * whole, (streamed, whole)

@@ -139,20 +139,28 @@ class FileRead:
     records: list[Record] = field(default_factory=list)
     invalid: list[Source] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    streamed: int = 0
+    """Records handed to ``on_record`` instead of being kept in ``records``."""
 
     @property
     def rows_in(self) -> int:
-        return len(self.records) + len(self.invalid)
+        return len(self.records) + self.streamed + len(self.invalid)
 
 
 def read_file(
-    path: Path, *, format: str = "auto", columns: Mapping[str, str] | None = None
+    path: Path,
+    *,
+    format: str = "auto",
+    columns: Mapping[str, str] | None = None,
+    on_record: Callable[[Record], None] | None = None,
 ) -> FileRead:
     """Read one file into canonical records; never raises for bad data, reports it instead.
 
     ``format`` is ``"auto"`` or one of `FORMATS`. ``columns`` maps our key names to
     the file's (``{"text": "SMS"}``). Rows with error-level problems produce no
     record; their `Source` is in ``invalid`` so the caller can count them.
+    ``on_record`` receives each record as it is read instead of ``records`` holding
+    them all: a large file (a request log) then costs only what the caller keeps.
     """
     name = str(path)
     if format != "auto" and format not in FORMATS:
@@ -169,7 +177,7 @@ def read_file(
         return FileRead(name, None, None, problems=[problem])
 
     try:
-        return _read_existing_file(path, name, format, columns)
+        return _read_existing_file(path, name, format, columns, on_record)
     except (OSError, EOFError, zlib.error, pyarrow.ArrowException) as exc:
         problem = Problem(
             "unreadable_file",
@@ -184,7 +192,11 @@ def read_file(
 
 
 def _read_existing_file(
-    path: Path, name: str, format: str, columns: Mapping[str, str] | None
+    path: Path,
+    name: str,
+    format: str,
+    columns: Mapping[str, str] | None,
+    on_record: Callable[[Record], None] | None,
 ) -> FileRead:
     file_type, notice = detect_file_type(path)
     result = FileRead(name, file_type, None if format == "auto" else format)
@@ -216,6 +228,9 @@ def _read_existing_file(
         result.problems.extend(check.problems)
         if record is None or not check.ok:
             result.invalid.append(Source(name, item.line))
+        elif on_record is not None:
+            on_record(record)
+            result.streamed += 1
         else:
             result.records.append(record)
     result.problems.extend(_unknown_key_warnings(name, result.format, unknown_keys))

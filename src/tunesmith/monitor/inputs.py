@@ -3,8 +3,8 @@
 The request log (`tunesmith serve --log-requests DIR`) is chat JSONL with extra keys
 (``answer``, ``timestamp``, …), so the ordinary data readers read it; the extra keys
 the monitor needs (the timestamp) are taken from the same lines. Only the prompt, the
-answer and the time of each input are kept, never the parsed records, so a large log
-costs little more than its text.
+answer and the time of each input are kept, never the parsed records (they are
+streamed, one at a time), so a large log costs little more than its text.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tunesmith.data.formats import read_file
+from tunesmith.data.records import Record
 from tunesmith.data.validate import Problem
 from tunesmith.monitor.errors import MonitorError
 from tunesmith.monitor.texts import answer_text, prompt_text
@@ -48,26 +49,27 @@ class LiveInputs:
 def read_live_inputs(path: Path, *, since: datetime | None = None) -> LiveInputs:
     """Read the inputs to monitor; bad files raise `MonitorError` naming file:line and the fix.
 
-    ``since`` keeps the inputs logged at or after that time (request logs only).
+    Records are streamed: each is reduced to its prompt, answer and line as it is
+    read, so the parsed records of a 100k-line log never exist at once. ``since``
+    keeps the inputs logged at or after that time (request logs only).
     """
-    read = read_file(path)
+    inputs = LiveInputs(str(path), [], [], [], [])
+
+    def keep(record: Record) -> None:
+        inputs.prompts.append(prompt_text(record))
+        inputs.answers.append(answer_text(record))
+        inputs.lines.append(record.source.line)
+
+    read = read_file(path, on_record=keep)
     errors = [p for p in read.problems if p.severity == "error"]
     if errors:
         raise MonitorError(_first_error_line(errors))
-    if not read.records:
+    if not inputs.prompts:
         raise MonitorError(
             f"{path}: no inputs to monitor (the file is empty). Pass the server's request log "
             "(tunesmith serve --log-requests DIR writes DIR/requests.jsonl) or a data file."
         )
-    lines = [record.source.line for record in read.records]
-    inputs = LiveInputs(
-        str(path),
-        [prompt_text(record) for record in read.records],
-        [answer_text(record) for record in read.records],
-        lines,
-        _timestamps(path, read.file_type, lines),
-    )
-    del read
+    inputs.timestamps = _timestamps(path, read.file_type, inputs.lines)
     if since is None:
         return inputs
     return _since(inputs, since)

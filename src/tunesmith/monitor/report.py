@@ -35,14 +35,15 @@ def render_report(result: MonitorResult) -> str:
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>tunesmith monitor: {escape(summary['verdict'])}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>Drift report: <span class='{verdict_class}'>{escape(summary['verdict'])}</span></h1>",
+        f"<h1>Drift report: <span id='verdict' class='{verdict_class}'>"
+        f"{escape(summary['verdict'])}</span></h1>",
         f"<p>{len(result.live)} live inputs from <code>{escape(result.live.file)}</code> against "
         f"the training inputs of <code>{escape(str(result.run_dir))}</code>; "
         f"{summary['windows_drifted']} of {len(result.windows)} window(s) drifted. The verdict "
         f"is the newest window's. Each signal's null comes from {result.draws} windows drawn "
         f"from {result.calibration_size} training inputs, compared with the other "
         f"{result.reference_size}; p-values are Holm-corrected across signals at "
-        f"α = {result.alpha}.</p>",
+        f"α = {result.alpha}.{_perplexity_note(result)}</p>",
         "<h2>Timeline</h2>",
         _timeline(result),
         f"<h2>Newest window ({latest.tested_size} inputs)</h2>",
@@ -65,14 +66,24 @@ def render_report(result: MonitorResult) -> str:
     return "\n".join(parts)
 
 
+def _perplexity_note(result: MonitorResult) -> str:
+    if result.perplexity_sample is None:
+        return ""
+    scored = result.latest.perplexity_scored
+    return (
+        f" Perplexity scores a seeded sample of {result.perplexity_sample} prompts per window "
+        f"({scored} in the newest), its null drawn at the same size."
+    )
+
+
 def _timeline(result: MonitorResult) -> str:
     names = result.signal_names
     cell, left, top = 18, 170, 10
     width = left + cell * len(result.windows) + 10
     height = top + cell * len(names) + 30
     out = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
-        "role='img' aria-label='drift timeline'>"
+        f"<svg id='timeline' xmlns='http://www.w3.org/2000/svg' width='{width}' "
+        f"height='{height}' role='img' aria-label='drift timeline'>"
     ]
     for row, name in enumerate(names):
         y = top + row * cell
@@ -152,7 +163,8 @@ def _null_plot(signal, null: np.ndarray | None) -> str:
 
     out = [
         f"<div class='plot'><svg xmlns='http://www.w3.org/2000/svg' width='{width}' "
-        f"height='{height + 20}'>"
+        f"height='{height + 20}' data-signal='{escape(signal.name)}' role='img' "
+        f"aria-label='{escape(signal.name)}: null and observed'>"
     ]
     for i, count in enumerate(counts):
         h = count / tallest * (height - pad)
@@ -175,7 +187,9 @@ def _null_plot(signal, null: np.ndarray | None) -> str:
 
 
 def _top_inputs(result: MonitorResult, window: WindowResult) -> str:
-    rows = ["<table><tr><th>line</th><th>score</th><th>input</th><th>answer</th></tr>"]
+    rows = [
+        "<table id='top-inputs'><tr><th>line</th><th>score</th><th>input</th><th>answer</th></tr>"
+    ]
     for position, score in window.top_inputs:
         answer = result.live.answers[position]
         rows.append(

@@ -22,14 +22,23 @@ from tunesmith.monitor.calibrate import (
     null_distributions,
     test_window,
 )
+from tunesmith.monitor.errors import MonitorError
 from tunesmith.monitor.features import Features, build_features
 from tunesmith.monitor.inputs import LiveInputs, read_live_inputs
 from tunesmith.monitor.ngrams import characteristic_ngrams, document_counts
 from tunesmith.monitor.perplexity import has_weights, prompt_log_perplexity
 from tunesmith.monitor.reference import Reference, read_reference
-from tunesmith.monitor.signals import DomainClassifier, Signal, build_signals, capped
+from tunesmith.monitor.signals import (
+    MIN_VALIDATION,
+    PERPLEXITY_SAMPLE,
+    DomainClassifier,
+    SampledWindowMean,
+    Signal,
+    build_signals,
+    capped,
+)
 from tunesmith.monitor.tokenizer import run_tokenizer
-from tunesmith.monitor.windows import Window, make_windows
+from tunesmith.monitor.windows import MIN_WINDOW, Window, make_windows
 
 TOP_INPUTS = 20
 Progress = Callable[[str], None]
@@ -44,6 +53,9 @@ class WindowResult:
     """(position in the live file, domain score) of the most drifted inputs, best first."""
     ngrams: list[dict[str, object]] = field(default_factory=list)
     tested_size: int = 0
+    perplexity_scored: int | None = None
+    """Prompts of the window the perplexity signal scored (its sample, less any under two
+    tokens); None without that signal."""
 
 
 @dataclass
@@ -59,6 +71,8 @@ class MonitorResult:
     out_dir: Path
     nulls: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     """Each tested window size's null statistics per signal (the report plots them)."""
+    perplexity_sample: int | None = None
+    """Prompts per window the perplexity signal scores; None without that signal."""
     paths: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -81,6 +95,17 @@ class MonitorSettings:
     to_label: int = 50
     perplexity: bool = True
     """Score prompts with the fine-tuned model (needs the run's weights; the slowest signal)."""
+    perplexity_sample: int = PERPLEXITY_SAMPLE
+    """Prompts per window the fine-tuned model scores (a seeded sample; the null is
+    drawn at the same size)."""
+
+    def __post_init__(self) -> None:
+        if self.perplexity_sample < MIN_WINDOW:
+            raise MonitorError(
+                f"--perplexity-sample {self.perplexity_sample}: the perplexity test needs at "
+                f"least {MIN_WINDOW} prompts per window. Fix: pass --perplexity-sample "
+                f"{MIN_WINDOW} or more, or --no-perplexity to skip the signal."
+            )
 
 
 def monitor_run(
@@ -96,9 +121,16 @@ def monitor_run(
         f"training inputs"
     )
     features = _features(run_dir, reference, live, settings.seed, on_progress)
-    if settings.perplexity and has_weights(run_dir):
-        features.log_perplexity = _perplexity(run_dir, features, reference, live, on_progress)
-    signals = build_signals(features, settings.seed)
+    if (
+        settings.perplexity
+        and has_weights(run_dir)
+        and len(reference.validation_prompts) >= MIN_VALIDATION
+    ):
+        sampled = _perplexity_sample(features, windows, calibration_size, settings)
+        features.log_perplexity = _perplexity(
+            run_dir, features, reference, live, sampled, on_progress
+        )
+    signals = build_signals(features, settings.seed, settings.perplexity_sample)
     nulls: dict[int, dict[str, np.ndarray]] = {}
     reference_grams = document_counts(reference.prompts[i] for i in features.reference)
     results = []
@@ -132,13 +164,14 @@ def monitor_run(
         run_dir, live, results, [s.name for s in signals], settings.alpha, settings.draws,
         len(features.reference), len(features.calibration),
         settings.out_dir or run_dir / "monitor", nulls,
+        settings.perplexity_sample if any(s.name == "perplexity" for s in signals) else None,
     )  # fmt: skip
 
 
 def _features(
     run_dir: Path, reference: Reference, live: LiveInputs, seed: int, on_progress: Progress
 ) -> Features:
-    total = len(reference.prompts) + len(live)
+    total = len(reference.prompts) + len(live) + len(reference.validation_prompts)
     step = max(1000, total // 10)
 
     def embedded(done: int) -> None:
@@ -152,19 +185,48 @@ def _features(
     )  # fmt: skip
 
 
-def _perplexity(
-    run_dir: Path, features: Features, reference: Reference, live: LiveInputs, on_progress: Progress
+def _perplexity_sample(
+    features: Features, windows: list[Window], largest: int, settings: MonitorSettings
 ) -> np.ndarray:
-    """Log-perplexity of the live and validation prompts (training items stay NaN)."""
-    texts = [*live.prompts, *reference.validation_prompts]
+    """The live items the perplexity signal will look at: its sample of each tested window.
+
+    Drawn exactly as the signal's statistic draws it (`SampledWindowMean.sampled`), so
+    only these prompts need the fine-tuned model.
+    """
+    samples = [
+        capped(_tested_items(features, w, largest, settings.seed), settings.seed,
+               settings.perplexity_sample)
+        for w in windows if w.tested
+    ]  # fmt: skip
+    return np.unique(np.concatenate(samples)) if samples else np.array([], dtype=np.int64)
+
+
+def _perplexity(
+    run_dir: Path,
+    features: Features,
+    reference: Reference,
+    live: LiveInputs,
+    sampled: np.ndarray,
+    on_progress: Progress,
+) -> np.ndarray:
+    """Log-perplexity of the sampled live prompts and of every validation prompt (NaN elsewhere)."""
+    texts = [
+        *(live.prompts[i - features.live_offset] for i in sampled),
+        *reference.validation_prompts,
+    ]
     step = max(500, len(texts) // 10)
 
     def scored(done: int) -> None:
-        if done % step < 16 or done == len(texts):
-            on_progress(f"perplexity under the fine-tuned model: {done}/{len(texts)} prompts")
+        if done % step < 64 or done == len(texts):
+            on_progress(
+                f"perplexity under the fine-tuned model: {done}/{len(texts)} prompts "
+                f"({len(sampled)} sampled live, {len(reference.validation_prompts)} validation)"
+            )
 
+    scores = prompt_log_perplexity(run_dir, texts, on_progress=scored)
     column = np.full(len(features.lengths), np.nan, dtype=np.float32)
-    column[features.live_offset :] = prompt_log_perplexity(run_dir, texts, on_progress=scored)
+    column[sampled] = scores[: len(sampled)]
+    column[features.validation] = scores[len(sampled) :]
     return column
 
 
@@ -196,5 +258,12 @@ def _test(
     texts = [live.prompts[p] for p in window.positions]
     return WindowResult(
         window, results, any(r.drifted for r in results), top,
-        characteristic_ngrams(texts, reference_grams), len(items),
+        characteristic_ngrams(texts, reference_grams), len(items), _scored(signals, items),
     )  # fmt: skip
+
+
+def _scored(signals: list[Signal], items: np.ndarray) -> int | None:
+    perplexity = next((s for s in signals if isinstance(s, SampledWindowMean)), None)
+    if perplexity is None:
+        return None
+    return int(np.count_nonzero(~np.isnan(perplexity.column[perplexity.sampled(items)])))
