@@ -23,7 +23,7 @@ ADAM_STATES = 2
 """AdamW keeps two moments per trainable parameter, in the parameter's dtype."""
 
 QUANTIZED_SOURCE = "4-bit weights' source pages, still mapped (CPU)"
-DEQUANTIZED_HEAP = "heap the dequantized 4-bit weights leave (CPU)"
+DEQUANTIZED_HEAP = "heap the 4-bit weights' float copies leave (CPU)"
 
 DEFAULT_API_PRICE_PER_MTOK = 25.0
 """$ per million trained tokens of a hosted fine-tuning API (GPT-4o's list price)."""
@@ -184,16 +184,16 @@ def _quantized_source_pages(parameters: ParameterMemory) -> int:
 
 
 def _dequantized_heap(parameters: ParameterMemory) -> int:
-    """The heap the dequantized weight copies of a QLoRA step leave on CPU.
+    """The heap the float copies of the 4-bit weights leave on CPU.
 
-    Every `Linear4bit` dequantizes its weight to the compute dtype in forward and again in
-    backward and frees it after one matmul, between the activations the pass keeps; the
-    holes are weight-sized, the tensors that come next mostly are not, so glibc's heap
-    grows by about one float copy of the quantized weights. The probe's live-tensor count
-    cannot see that (the copy is freed before the next is made), and the heap factor on
-    the working set does not scale with it: QLoRA's probed working set is smaller than
-    LoRA's (bitsandbytes keeps no input for a frozen weight), yet its steps grew RSS by as
-    much (docs/plan.md, "Measured accuracy")."""
+    Loading quantizes each linear weight from a float copy and frees it between the small
+    4-bit tensors it keeps (after loading SmolLM2 for QLoRA, glibc's heap held 359 MB free,
+    by mallinfo2, beside 425 MB of fp32 linear weights); every step then dequantizes each
+    weight to the compute dtype, in forward and again in backward, into weight-sized holes
+    the activations mostly do not fit. About one float copy of the quantized weights stays
+    in the heap. The probe's live-tensor count cannot see it (each copy is freed before the
+    next is made), and the heap factor on the working set does not scale with it: QLoRA's
+    probed working set is smaller than LoRA's, its peak RSS was not (docs/plan.md)."""
     return parameters.quantized_params * parameters.dequantized_element_size
 
 
