@@ -11,7 +11,7 @@ pass occurs in its first steps), then:
 Printed: predicted vs measured peak memory and step time, and the error of each. The raw
 figures go to --out (JSON), so `--report FILE` can re-print them without training.
 
-    python benchmarks/plan_accuracy.py                       # 8 configurations (~20 min)
+    python benchmarks/plan_accuracy.py                       # 10 configurations (~30 min)
     python benchmarks/plan_accuracy.py --only lora-b8-l128   # one of them
     python benchmarks/plan_accuracy.py --report /tmp/plan_accuracy.json
 """
@@ -33,6 +33,7 @@ CONFIGS = [  # (method, micro-batch, example length in tokens)
     ("lora", 2, 512),
     ("lora", 8, 512),
     ("qlora", 8, 128),
+    ("qlora", 2, 512),
     ("full", 4, 128),
     ("full", 2, 512),
     ("ia3", 8, 256),

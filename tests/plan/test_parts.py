@@ -3,12 +3,14 @@ extrapolation, the workload, the device table."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from tests.conftest import build_tiny_model
 from tunesmith.config import load_config
@@ -20,7 +22,7 @@ from tunesmith.methods import count_parameters, get_method
 from tunesmith.models import Precision, resolve_precision
 from tunesmith.objectives import build_objective
 from tunesmith.plan.devices import UnknownDeviceError, lookup_device, parse_bytes
-from tunesmith.plan.estimate import memory_plan
+from tunesmith.plan.estimate import DEQUANTIZED_HEAP, QUANTIZED_SOURCE, memory_plan
 from tunesmith.plan.flops import CountFlops
 from tunesmith.plan.probe import ProbeResult, _measure, probe_step
 from tunesmith.plan.tracker import LiveTensorBytes
@@ -209,3 +211,51 @@ def test_memory_sizes_parse_in_decimal_and_binary_units() -> None:
     assert parse_bytes("512 MB") == 512 * 10**6
     with pytest.raises(TunesmithError, match="--memory-limit"):
         parse_bytes("lots")
+
+
+def _mapped_resident_bytes(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (/proc/self/smaps)."""
+    resident, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:
+            inside = len(fields) > 5 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            resident += int(fields[1]) * 1024
+    return resident
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+def test_qlora_load_keeps_the_pages_its_4bit_weights_were_read_from(tmp_path) -> None:
+    """A 4-bit load reads every linear weight from the mapped checkpoint, and the tensors
+    left unquantized keep the file mapped: the pages read stay resident. The plan's
+    source-pages component is that resident part, and it counts the weights bitsandbytes
+    really quantized, in the file's dtype."""
+    bitsandbytes = pytest.importorskip("bitsandbytes")
+    config = LlamaConfig(
+        vocab_size=4000, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path, safe_serialization=True)
+    run = load_config(overrides=["method.name=qlora"])
+    planned = parameter_memory(run, config, _sft(run), weights_dtype=torch.float32)
+    options = get_method("qlora").base_load_options(run.method)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, **options)
+    quantized = [m for m in model.modules() if isinstance(m, bitsandbytes.nn.Linear4bit)]
+    assert planned.quantized_params == sum(m.in_features * m.out_features for m in quantized)
+    assert {m.compute_dtype for m in quantized} == {torch.float32}
+    components = memory_plan(planned, ProbeResult(0, 1, 1), replace(
+        lookup_device("a100-80gb"), kind="cpu"), 0, 0).components  # fmt: skip
+    # The embedding is mapped but not read yet (its pages count once used, as weights).
+    resident = _mapped_resident_bytes(tmp_path / "model.safetensors")
+    assert resident == pytest.approx(components[QUANTIZED_SOURCE], rel=0.1)
+    assert components[DEQUANTIZED_HEAP] == 4 * planned.quantized_params
+
+
+def test_only_a_4bit_plan_has_quantized_weights_components() -> None:
+    run = load_config(overrides=["method.name=lora"])
+    parameters = parameter_memory(run, _config(), _sft(run), weights_dtype=torch.float32)
+    cpu = replace(lookup_device("a100-80gb"), kind="cpu")
+    components = memory_plan(parameters, ProbeResult(0, 1, 1), cpu, 0, 0).components
+    assert parameters.quantized_params == 0
+    assert QUANTIZED_SOURCE not in components and DEQUANTIZED_HEAP not in components

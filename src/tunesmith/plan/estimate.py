@@ -22,6 +22,9 @@ from tunesmith.plan.workload import Workload
 ADAM_STATES = 2
 """AdamW keeps two moments per trainable parameter, in the parameter's dtype."""
 
+QUANTIZED_SOURCE = "4-bit weights' source pages, still mapped (CPU)"
+DEQUANTIZED_HEAP = "heap the 4-bit weights' float copies leave (CPU)"
+
 DEFAULT_API_PRICE_PER_MTOK = 25.0
 """$ per million trained tokens of a hosted fine-tuning API (GPT-4o's list price)."""
 
@@ -148,6 +151,9 @@ def memory_plan(
     )
     components["process (interpreter, libraries, data)"] = process_bytes
     components["checkpoint written in memory (CPU)"] = _checkpoint_excess(parameters)
+    if parameters.quantized_params:
+        components[QUANTIZED_SOURCE] = _quantized_source_pages(parameters)
+        components[DEQUANTIZED_HEAP] = _dequantized_heap(parameters)
     components["training runtime (autograd, kernels, threads)"] = runtime_bytes
     total = sum(components.values())
     return MemoryPlan(components, total, total)
@@ -164,6 +170,31 @@ def _checkpoint_excess(parameters: ParameterMemory) -> int:
     two copies of the weights for full fine-tuning (SmolLM2 full 4 x 128: RSS 3.49 GB over
     the steps, 4.81 GB once the final checkpoint was written)."""
     return max(parameters.trainable_bytes, ADAM_STATES * parameters.trainable_bytes)
+
+
+def _quantized_source_pages(parameters: ParameterMemory) -> int:
+    """The checkpoint pages the 4-bit weights were read from, still resident (CPU).
+
+    transformers maps the safetensors file and bitsandbytes reads every linear weight
+    from it to quantize it; the unquantized tensors (the embedding tied to the head) go
+    on pointing into that mapping, so the file stays mapped and every page read stays in
+    the resident set: the quantized weights once more, in the file's dtype (checked
+    against /proc/self/smaps in `tests/plan/test_parts.py`). Not on CUDA: host memory."""
+    return parameters.quantized_params * parameters.quantized_source_element_size
+
+
+def _dequantized_heap(parameters: ParameterMemory) -> int:
+    """The heap the float copies of the 4-bit weights leave on CPU.
+
+    Loading quantizes each linear weight from a float copy and frees it between the small
+    4-bit tensors it keeps (after loading SmolLM2 for QLoRA, glibc's heap held 359 MB free,
+    by mallinfo2, beside 425 MB of fp32 linear weights); every step then dequantizes each
+    weight to the compute dtype, in forward and again in backward, into weight-sized holes
+    the activations mostly do not fit. About one float copy of the quantized weights stays
+    in the heap. The probe's live-tensor count cannot see it (each copy is freed before the
+    next is made), and the heap factor on the working set does not scale with it: QLoRA's
+    probed working set is smaller than LoRA's, its peak RSS was not (docs/plan.md)."""
+    return parameters.quantized_params * parameters.dequantized_element_size
 
 
 def _cuda_context() -> int:

@@ -4,9 +4,9 @@ The probe used to stand LoRA in for QLoRA (same trainable set, float linear laye
 whatever bitsandbytes' CPU path allocates (each 4-bit weight dequantized to the compute
 dtype in forward and again in backward) was never seen. Probing the shallow model with
 the same `Linear4bit` layers, quantized with the QLoRA method's own `BitsAndBytesConfig`,
-counts those tensors instead of modelling them. On SmolLM2 they turned out small (the
-copies are freed layer by layer): the step's tensors are about LoRA's, and what a QLoRA
-run holds beyond them is heap growth (docs/plan.md, "Measured accuracy").
+counts the tensors it sees instead of modelling them. On SmolLM2 they turned out small
+(the copies are freed layer by layer); what a QLoRA run holds beyond them is the pages and
+heap the float weights leave, which `estimate` adds from the parameter counts.
 """
 
 from __future__ import annotations

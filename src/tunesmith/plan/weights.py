@@ -8,6 +8,7 @@ run's weight dtype, which is what makes "size / 8" badly wrong for small models.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,12 @@ class ParameterMemory:
     frozen_bytes_by_dtype: dict[str, int] = field(default_factory=dict)
     trainable_bytes: int = 0
     trainable_element_size: int = 4
+    quantized_params: int = 0
+    """Weights stored in NF4 (QLoRA's decoder linears; 0 for every other method)."""
+    quantized_source_element_size: int = 4
+    """Bytes per parameter of those weights in the checkpoint file they are quantized from."""
+    dequantized_element_size: int = 4
+    """Bytes per parameter of the copies bitsandbytes dequantizes them to (compute dtype)."""
 
     @property
     def frozen_bytes(self) -> int:
@@ -67,9 +74,12 @@ def parameter_memory(
     """Counts and bytes of the run's trained model, built on the meta device; with
     ``frozen_linears_dtype``, its frozen linear weights stored in that dtype as training
     stores them (`store_frozen_linears_in`)."""
-    with torch.device("meta"):
+    source, dequantized = _quantized_element_sizes(run, model_config, weights_dtype)
+    with torch.device("meta"):  # on a copy: from_config sets the config's dtype to the one built
         base = AutoModelForCausalLM.from_config(
-            model_config, dtype=weights_dtype, trust_remote_code=run.model.trust_remote_code
+            copy.deepcopy(model_config),
+            dtype=weights_dtype,
+            trust_remote_code=run.model.trust_remote_code,
         )
         model = attach_method(base, run)
         attach_objective_parameters(objective, model)
@@ -77,7 +87,7 @@ def parameter_memory(
             store_frozen_linears_in(model, frozen_linears_dtype)
     quantized = nf4_parameter_ids(base) if run.method.name == "qlora" else set()
     frozen: dict[str, int] = {}
-    trainable = total = trainable_bytes = 0
+    trainable = total = trainable_bytes = quantized_count = 0
     element_size = torch.tensor([], dtype=weights_dtype).element_size()
     seen: set[int] = set()
     for parameter in model.parameters():
@@ -91,13 +101,38 @@ def parameter_memory(
             trainable_bytes += count * parameter.element_size()
             element_size = parameter.element_size()
         elif id(parameter) in quantized:
+            quantized_count += count
             frozen["nf4"] = frozen.get("nf4", 0) + round(count * NF4_BYTES_PER_PARAM)
         else:
             name = _DTYPE_NAMES.get(parameter.dtype, str(parameter.dtype))
             frozen[name] = frozen.get(name, 0) + count * parameter.element_size()
     return ParameterMemory(
-        total, trainable, layer_count(model_config), frozen, trainable_bytes, element_size
+        total, trainable, layer_count(model_config), frozen, trainable_bytes, element_size,
+        quantized_params=quantized_count,
+        quantized_source_element_size=source, dequantized_element_size=dequantized,
+    )  # fmt: skip
+
+
+def _quantized_element_sizes(
+    run: RunConfig, model_config: PretrainedConfig, weights_dtype: torch.dtype
+) -> tuple[int, int]:
+    """Element sizes of the 4-bit weights' source (the checkpoint's dtype, as its config
+    records it) and of their dequantized copies (the method's compute dtype)."""
+    stored = getattr(model_config, "dtype", None) or getattr(model_config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    source = stored if isinstance(stored, torch.dtype) else weights_dtype
+    quantization = (
+        get_method(run.method.name).base_load_options(run.method).get("quantization_config")
     )
+    compute = getattr(quantization, "bnb_4bit_compute_dtype", None) or weights_dtype
+    if isinstance(compute, str):
+        compute = getattr(torch, compute)
+    return _element_size(source), _element_size(compute)
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.tensor([], dtype=dtype).element_size()
 
 
 def attach_method(base: nn.Module, run: RunConfig) -> nn.Module:
