@@ -148,14 +148,17 @@ def wait_until_serving(process: subprocess.Popen, url: str, key: str) -> None:
     raise RuntimeError("did not start in 180 s")
 
 
-def start_tunesmith_serve(runs: list[Path], key_file: Path, max_batch: int):
+def start_tunesmith_serve(runs: list[Path], key_file: Path, max_batch: int, threads: int | None):
     """`tunesmith serve` in its own process, as a user runs it (and as `transformers serve`
-    runs below): the clients' threads then do not share the server's interpreter."""
+    runs below): the clients' threads then do not share the server's interpreter.
+    ``threads``: its `--threads` (None: its default)."""
     port = free_port()
     command = [str(Path(sys.executable).parent / "tunesmith"), "serve", *map(str, runs),
                "--port", str(port), "--api-key-file", str(key_file), "--max-batch",
                str(max_batch), "--requests-per-minute", "100000",
                "--tokens-per-minute", "100000000"]  # fmt: skip
+    if threads is not None:
+        command += ["--threads", str(threads)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/v1"
     wait_until_serving(process, url, key_file.read_text().strip())
@@ -208,6 +211,10 @@ def transformers_serve_rows(merged: Path, threads: int | None, args) -> list[str
     return rows
 
 
+def models_of(url: str, key: str) -> list[str]:
+    return [model.id for model in openai.OpenAI(base_url=url, api_key=key).models.list()]
+
+
 def row(name: str, clients: int, result) -> str:
     rate, first, latency = result
     return (
@@ -227,6 +234,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tunesmith import api
+    from tunesmith.engine.threads import usable_cpus
 
     workdir = Path(tempfile.mkdtemp(prefix="tunesmith-serve-bench-"))
     runs = train_runs(workdir)
@@ -238,26 +246,28 @@ def main() -> None:
     key = "bench-key-0123456789abcd"
     key_file = workdir / "keys.txt"
     key_file.write_text(key + "\n")
-    process, url = start_tunesmith_serve(runs, key_file, args.max_batch)
-    try:
-        models = [model.id for model in openai.OpenAI(base_url=url, api_key=key).models.list()]
-        for clients in args.clients:
-            result = drive(url, key, models, clients, args.requests, args.max_tokens)
-            lines.append(row(f"tunesmith serve ({len(models)} models, 1 base)", clients, result))
-            print(lines[-1], flush=True)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    # tunesmith at its default thread count (one CPU left for the HTTP loop) and at all
+    # usable CPUs; the peer below at both too, so each side's best setting is shown
+    settings = sorted({max(1, usable_cpus() - 1), usable_cpus()})
+    for threads in settings:
+        process, url = start_tunesmith_serve(runs, key_file, args.max_batch, threads)
+        try:
+            models = models_of(url, key)
+            label = f"{len(models)} models, 1 base, {threads} torch thread(s)"
+            for clients in args.clients:
+                result = drive(url, key, models, clients, args.requests, args.max_tokens)
+                lines.append(row(f"tunesmith serve ({label})", clients, result))
+                print(lines[-1], flush=True)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
     for clients in args.clients:
         result = one_at_a_time(runs[0], clients, args.requests, args.max_tokens)
         lines.append(row("HF generate, one at a time", clients, result))
         print(lines[-1], flush=True)
     if not args.skip_transformers_serve:
-        # The peer at its own default and at tunesmith's default thread count (one CPU left
-        # for the HTTP loop), so whichever is its best setting on this machine is shown.
-        from tunesmith.engine.threads import usable_cpus
-
         merged = api.merge(runs[0])
+        # the peer at its own default (torch's: every core) and at tunesmith's default
         for threads in (None, max(1, usable_cpus() - 1)):
             lines.extend(transformers_serve_rows(merged, threads, args))
     print("\n" + "\n".join(lines))
