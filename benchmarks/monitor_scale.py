@@ -38,30 +38,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from drift import DATA, sms, snips  # the same Snips and SMS texts as the drift benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-INTENTS = (
-    "AddToPlaylist", "BookRestaurant", "GetWeather", "PlayMusic", "RateBook",
-    "SearchCreativeWork", "SearchScreeningEvent",
-)  # fmt: skip
 SMS_SHARE_BY_WINDOW = (0.0,) * 7 + (0.25, 0.5, 1.0)
 """SMS share of window i is SMS_SHARE_BY_WINDOW[i % 10]."""
 CLI = "from tunesmith.cli import app; app()"
-
-
-def snips(kind: str) -> list[tuple[str, str]]:
-    """(request, intent) pairs of the Snips ``train`` or ``validate`` files."""
-    rows = []
-    for intent in INTENTS:
-        path = DATA / "snips_nlu" / f"{kind}_{intent}.json"
-        for query in json.loads(path.read_text(encoding="latin-1"))[intent]:
-            rows.append(("".join(chunk["text"] for chunk in query["data"]).strip(), intent))
-    return rows
-
-
-def sms() -> list[str]:
-    lines = (DATA / "sms_spam" / "SMSSpamCollection").read_text(encoding="utf-8").splitlines()
-    return [line.split("\t", 1)[1] for line in lines if "\t" in line][1:]
 
 
 def log_line(prompt: str, answer: str, stamp: datetime) -> str:
