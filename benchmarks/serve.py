@@ -2,9 +2,13 @@
 base) against `transformers serve` (one merged model) and one-request-at-a-time generate.
 
 Every number comes from streaming chat requests through the official `openai` client:
-output tokens/s over the whole run, time to first token and latency p50/p95.
+output tokens/s over the whole run, time to first token and latency p50/p95. Every server
+is started once and driven in turns, round after round (the order turned each round), so
+a machine whose speed drifts, as a shared host's memory bandwidth does by 20-30% within
+minutes, slows each side alike; a row's throughput is its median round, and the last line
+is tunesmith's best setting over the peer's best, round by round.
 
-    python benchmarks/serve.py                          # 1, 4, 16 clients, 4 requests each
+    python benchmarks/serve.py                          # 1, 4, 16 clients, 3 rounds
     python benchmarks/serve.py --clients 1 4 --requests 2 --max-tokens 16   # quicker
 """
 
@@ -18,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -183,45 +188,80 @@ def start_transformers_serve(
     return process, url
 
 
-def transformers_serve_rows(merged: Path, threads: int | None, args) -> list[str]:
-    """Rows for `transformers serve` on the merged run: with continuous batching, or without
-    it where that does not start."""
-    rows = []
+@dataclass
+class Server:
+    """One server under test, started once and driven in every round."""
+
+    name: str
+    url: str
+    key: str
+    models: list[str]
+    process: subprocess.Popen
+
+
+def start_transformers(merged: Path, threads: int | None) -> Server | str:
+    """`transformers serve` on the merged run: with continuous batching, or without it where
+    that does not start; the reason in words where neither does."""
     label = "default threads" if threads is None else f"{threads} torch thread(s)"
+    reason = ""
     for continuous in (True, False):
         name = "transformers serve" + (" --continuous-batching" if continuous else "")
         try:
             process, url = start_transformers_serve(merged, continuous, threads)
         except RuntimeError as error:
-            rows.append(f"| {name} | - | not run: {str(error).splitlines()[-1][:80]} | | | | |")
-            print(rows[-1], flush=True)
+            reason = f"| {name} | - | not run: {str(error).splitlines()[-1][:80]} | | | | |"
             continue
-        try:
-            for clients in args.clients:
-                result = drive(url, "none", [str(merged)], clients, args.requests,
-                               args.max_tokens)  # fmt: skip
-                rows.append(row(f"{name} (1 merged model, {label})", clients, result))
-                print(rows[-1], flush=True)
-        except Exception as error:  # report and go on: the other rows still stand
-            rows.append(f"| {name} | - | failed: {type(error).__name__} | | | | |")
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-        break  # continuous batching worked (or failed mid-run): one row set per setting
-    return rows
+        return Server(f"{name} (1 merged model, {label})", url, "none", [str(merged)], process)
+    return reason
 
 
 def models_of(url: str, key: str) -> list[str]:
     return [model.id for model in openai.OpenAI(base_url=url, api_key=key).models.list()]
 
 
-def row(name: str, clients: int, result) -> str:
-    rate, first, latency = result
+def row(name: str, clients: int, results: list) -> str:
+    """The median round's throughput; latencies pooled over the rounds."""
+    rates = sorted(rate for rate, _, _ in results)
+    first = [value for _, values, _ in results for value in values]
+    latency = [value for _, _, values in results for value in values]
     return (
-        f"| {name} | {clients} | {rate:.1f} | {percentile(first, 0.5):.2f} | "
+        f"| {name} | {clients} | {rates[len(rates) // 2]:.1f} | {percentile(first, 0.5):.2f} | "
         f"{percentile(first, 0.95):.2f} | {percentile(latency, 0.5):.2f} | "
         f"{percentile(latency, 0.95):.2f} |"
     )
+
+
+def drive_rounds(servers: list[Server], args) -> dict[tuple[str, int], list]:
+    """Every server at every client count, round after round, the order turned each round:
+    a machine whose speed drifts (shared memory bandwidth) slows each side alike."""
+    results: dict[tuple[str, int], list] = {}
+    for round_index in range(args.rounds):
+        turn = round_index % len(servers)
+        for clients in args.clients:
+            for server in servers[turn:] + servers[:turn]:
+                result = drive(server.url, server.key, server.models, clients, args.requests,
+                               args.max_tokens)  # fmt: skip
+                results.setdefault((server.name, clients), []).append(result)
+                print(f"round {round_index + 1}: {server.name}, {clients} clients: "
+                      f"{result[0]:.1f} tok/s", flush=True)  # fmt: skip
+    return results
+
+
+def ratio_line(results: dict[tuple[str, int], list], clients: int) -> str:
+    """Per round, tunesmith's best setting over the peer's best, at ``clients``."""
+
+    def best(prefix: str) -> list[float]:
+        rounds = [rates for (name, count), rates in results.items()
+                  if name.startswith(prefix) and count == clients]  # fmt: skip
+        return [max(result[0] for result in same) for same in zip(*rounds, strict=True)]
+
+    ours, theirs = best("tunesmith"), best("transformers")
+    if not ours or not theirs:
+        return ""
+    ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
+    listed = ", ".join(f"{value:.2f}" for value in ratios)
+    return (f"\ntunesmith / transformers serve at {clients} clients, best setting each, "
+            f"per round: {listed}; median {ratios[len(ratios) // 2]:.2f}x")  # fmt: skip
 
 
 def main() -> None:
@@ -231,6 +271,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--skip-transformers-serve", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="Turns at every server.")
     args = parser.parse_args()
 
     from tunesmith import api
@@ -249,27 +290,35 @@ def main() -> None:
     # tunesmith at its default thread count (one CPU left for the HTTP loop) and at all
     # usable CPUs; the peer below at both too, so each side's best setting is shown
     settings = sorted({max(1, usable_cpus() - 1), usable_cpus()})
-    for threads in settings:
-        process, url = start_tunesmith_serve(runs, key_file, args.max_batch, threads)
-        try:
+    servers: list[Server] = []
+    try:
+        for threads in settings:
+            process, url = start_tunesmith_serve(runs, key_file, args.max_batch, threads)
             models = models_of(url, key)
             label = f"{len(models)} models, 1 base, {threads} torch thread(s)"
-            for clients in args.clients:
-                result = drive(url, key, models, clients, args.requests, args.max_tokens)
-                lines.append(row(f"tunesmith serve ({label})", clients, result))
-                print(lines[-1], flush=True)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+            servers.append(Server(f"tunesmith serve ({label})", url, key, models, process))
+        if not args.skip_transformers_serve:
+            merged = api.merge(runs[0])
+            # the peer at its own default (torch's: every core) and at tunesmith's default
+            for threads in (None, max(1, usable_cpus() - 1)):
+                started = start_transformers(merged, threads)
+                if isinstance(started, str):
+                    lines.append(started)
+                else:
+                    servers.append(started)
+        results = drive_rounds(servers, args)
+    finally:
+        for server in servers:
+            server.process.terminate()
+            server.process.wait(timeout=30)
+    for server in servers:
+        lines.extend(row(server.name, clients, results[server.name, clients])
+                     for clients in args.clients)  # fmt: skip
     for clients in args.clients:
         result = one_at_a_time(runs[0], clients, args.requests, args.max_tokens)
-        lines.append(row("HF generate, one at a time", clients, result))
+        lines.append(row("HF generate, one at a time", clients, [result]))
         print(lines[-1], flush=True)
-    if not args.skip_transformers_serve:
-        merged = api.merge(runs[0])
-        # the peer at its own default (torch's: every core) and at tunesmith's default
-        for threads in (None, max(1, usable_cpus() - 1)):
-            lines.extend(transformers_serve_rows(merged, threads, args))
+    lines.append(ratio_line(results, max(args.clients)))
     print("\n" + "\n".join(lines))
 
 

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase, TextStreamer
 
+from tunesmith.models.packed_linear import packed_linears
+
 
 class _CallbackStreamer(TextStreamer):
     def __init__(self, tokenizer: PreTrainedTokenizerBase, on_text: Callable[[str], None]):
@@ -42,7 +44,7 @@ def reply(
         options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if on_text is not None:
         options["streamer"] = _CallbackStreamer(tokenizer, on_text)
-    with torch.no_grad():
+    with torch.no_grad(), packed_linears(model):  # the kernels eval and serve use
         output = model.generate(**inputs, **options)
     new_tokens = output[0, inputs["input_ids"].shape[1] :]
     return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()

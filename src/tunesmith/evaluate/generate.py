@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tunesmith.data.records import Conversation, Message
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.logits import input_aligned_logits
+from tunesmith.models.packed_linear import packed_linears
 
 
 class EvaluationDataError(TunesmithError, ValueError):
@@ -147,21 +148,23 @@ def generate_replies(
     encoded = [prompt_token_ids(tokenizer, prompt) for prompt in prompts]
     replies = [""] * len(encoded)
     device = model.device
-    for batch in _batches_by_length([len(ids) for ids in encoded], batch_size):
-        input_ids, attention_mask = left_padded([encoded[index] for index in batch], pad_id)
-        output = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=stop_ids,
-            pad_token_id=pad_id,
-        )
-        new_tokens = output[:, input_ids.shape[1] :].cpu()
-        for row, index in enumerate(batch):
-            tokens = new_tokens[row].tolist()
-            end = next((at for at, token in enumerate(tokens) if token in stop_ids), len(tokens))
-            replies[index] = tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
+    with packed_linears(model):  # the server's kernels: served = evaluated
+        for batch in _batches_by_length([len(ids) for ids in encoded], batch_size):
+            input_ids, attention_mask = left_padded([encoded[index] for index in batch], pad_id)
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=pad_id,
+            )
+            new_tokens = output[:, input_ids.shape[1] :].cpu()
+            for row, index in enumerate(batch):
+                tokens = new_tokens[row].tolist()
+                stops = (at for at, token in enumerate(tokens) if token in stop_ids)
+                end = next(stops, len(tokens))
+                replies[index] = tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
     return replies
 
 

@@ -5,10 +5,10 @@ A chat template opens every prompt of one model alike: the system prompt and the
 markers, 24 of the 36-40 tokens of a short request with SmolLM2's template. A request's
 prefill takes about as many token forwards as its whole share of the decode steps (37
 against 32 in `benchmarks/serve.py`), so prefilling that opening once per adapter instead
-of once per request saves about a third of a short request's compute. Only the tokens before the first difference are reused: a causal model's key and
-value at a position depend on the tokens up to it and nothing after, so the reused states
-are the ones a full prefill would compute (up to the rounding of a different batch shape,
-as any batch has).
+of once per request saves about a third of a short request's compute. Only the tokens
+before the first difference are reused: a causal model's key and value at a position
+depend on the tokens up to it and nothing after, so the reused states are the ones a full
+prefill would compute (up to the rounding of a different batch shape, as any batch has).
 
 One prompt is kept per module and adapter, the last one prefilled, so the kept opening
 follows what requests look like now. The decoder clears everything before it loads or

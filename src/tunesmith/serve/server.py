@@ -82,6 +82,14 @@ def build_state(
     )
 
 
+def _print_loaded(registry: Registry, threads: int | None) -> None:
+    names = ", ".join(registry.models)
+    packed = registry.packed_bytes / 2**20
+    kernels = f"weights packed for decoding (+{packed:,.0f} MiB)" if packed else "plain kernels"
+    threads_text = f", {threads} torch thread(s)" if threads else ""
+    print(f"tunesmith serve: {len(registry.models)} models ({names}); {kernels}{threads_text}")
+
+
 def serve(
     run_dirs: Sequence[str | Path],
     *,
@@ -114,6 +122,7 @@ def serve(
         run_dirs, keys=keys, max_batch=max_batch, log_requests=log_requests,
         limits=limits, device=device,
     )  # fmt: skip
+    _print_loaded(state.registry, threads)
     worker = None
     if jobs_workspace is not None:
         from tunesmith.jobs.server import attach_jobs, start_worker
