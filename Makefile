@@ -48,7 +48,7 @@ demo: install
 test: install browser golang
 	TUNESMITH_REQUIRE_BROWSER=$$(command -v chromium >/dev/null 2>&1 && echo 1 || echo 0) \
 	TUNESMITH_REQUIRE_GO=$$(command -v go >/dev/null 2>&1 && echo 1 || echo 0) \
-	TUNESMITH_REQUIRE_LLAMA_CPP=1 $(BIN)/pytest -q $(PARALLEL)
+	TUNESMITH_REQUIRE_LLAMA_CPP=1 $(BIN)/pytest -q $(PARALLEL) --durations=15
 
 test-fast: install
 	$(BIN)/pytest -q $(PARALLEL) -m "not e2e"

@@ -83,14 +83,21 @@ def drive(base_url: str, key: str, models: list[str], clients: int, requests: in
                 first = time.perf_counter() - started
             if chunk.usage is not None:
                 used = chunk.usage.completion_tokens
+        if used == 0:
+            raise RuntimeError(f"{base_url} answered no tokens to request {index}")
         with lock:
             latencies.append(time.perf_counter() - started)
             first_tokens.append(first if first is not None else latencies[-1])
             tokens[0] += used
 
+    errors: list[BaseException] = []
+
     def worker(worker_index: int) -> None:
-        for request in range(requests):
-            one(worker_index * requests + request)
+        try:
+            for request in range(requests):
+                one(worker_index * requests + request)
+        except Exception as error:  # handed to the caller below
+            errors.append(error)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
@@ -99,15 +106,19 @@ def drive(base_url: str, key: str, models: list[str], clients: int, requests: in
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} client(s) failed; the first: {errors[0]}")
     return tokens[0] / wall, first_tokens, latencies
 
 
 def one_at_a_time(run_dir: Path, clients: int, requests: int, max_tokens: int):
     """The baseline: HF generate on one request after another (what a naive server does)."""
     from tunesmith.chat import reply
+    from tunesmith.models.packed_linear import pack_linears
     from tunesmith.runs import load_trained
 
     trained = load_trained(run_dir, device="auto")
+    pack_linears(trained.model)  # once, as a server would: `reply` alone packs per call
     first_tokens, latencies, tokens = [], [], 0
     started = time.perf_counter()
     for index in range(clients * requests):
@@ -138,12 +149,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def launch(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A server process whose output goes to a file: a pipe nobody reads fills up with its
+    request log and stops the server mid-benchmark."""
+    with tempfile.NamedTemporaryFile(prefix="serve-bench-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    process.log_path = log.name  # type: ignore[attr-defined]
+    return process
+
+
+def log_tail(process: subprocess.Popen) -> str:
+    return Path(process.log_path).read_text(errors="replace")[-500:]  # type: ignore[attr-defined]
+
+
 def wait_until_serving(process: subprocess.Popen, url: str, key: str) -> None:
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(process.stderr.read().decode()[-500:])
+            raise RuntimeError(log_tail(process))
         try:
             client.models.list()
             return
@@ -164,7 +188,7 @@ def start_tunesmith_serve(runs: list[Path], key_file: Path, max_batch: int, thre
                "--tokens-per-minute", "100000000"]  # fmt: skip
     if threads is not None:
         command += ["--threads", str(threads)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = launch(command)
     url = f"http://127.0.0.1:{port}/v1"
     wait_until_serving(process, url, key_file.read_text().strip())
     return process, url
@@ -178,11 +202,14 @@ def start_transformers_serve(
     command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1",
                "--port", str(port), str(model_dir)]  # fmt: skip
     if continuous:
-        command.append("--continuous-batching")
+        # its paged cache takes 90% of free memory by default (13.7 GB here, and its
+        # attention masks grow with it): two of them side by side were killed for memory.
+        # A tenth still holds every client's tokens hundreds of times over.
+        command += ["--continuous-batching", "--cb-max-memory-percent", "0.1"]
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    process = launch(command, env)
     url = f"http://127.0.0.1:{port}/v1"
     wait_until_serving(process, url, "none")
     return process, url
@@ -197,6 +224,7 @@ class Server:
     key: str
     models: list[str]
     process: subprocess.Popen
+    failure: str = ""
 
 
 def start_transformers(merged: Path, threads: int | None) -> Server | str:
@@ -233,14 +261,22 @@ def row(name: str, clients: int, results: list) -> str:
 
 def drive_rounds(servers: list[Server], args) -> dict[tuple[str, int], list]:
     """Every server at every client count, round after round, the order turned each round:
-    a machine whose speed drifts (shared memory bandwidth) slows each side alike."""
+    a machine whose speed drifts (shared memory bandwidth) slows each side alike. A server
+    that fails is reported and left out of the rounds after."""
     results: dict[tuple[str, int], list] = {}
     for round_index in range(args.rounds):
         turn = round_index % len(servers)
         for clients in args.clients:
             for server in servers[turn:] + servers[:turn]:
-                result = drive(server.url, server.key, server.models, clients, args.requests,
-                               args.max_tokens)  # fmt: skip
+                if server.failure:
+                    continue
+                try:
+                    result = drive(server.url, server.key, server.models, clients,
+                                   args.requests, args.max_tokens)  # fmt: skip
+                except Exception as error:  # the other servers' rows still stand
+                    server.failure = f"{error} ({log_tail(server.process)[-200:]!r})"
+                    print(f"{server.name} failed: {server.failure}", flush=True)
+                    continue
                 results.setdefault((server.name, clients), []).append(result)
                 print(f"round {round_index + 1}: {server.name}, {clients} clients: "
                       f"{result[0]:.1f} tok/s", flush=True)  # fmt: skip
@@ -253,12 +289,13 @@ def ratio_line(results: dict[tuple[str, int], list], clients: int) -> str:
     def best(prefix: str) -> list[float]:
         rounds = [rates for (name, count), rates in results.items()
                   if name.startswith(prefix) and count == clients]  # fmt: skip
-        return [max(result[0] for result in same) for same in zip(*rounds, strict=True)]
+        # a server that failed has fewer rounds: compare the rounds every server ran
+        return [max(result[0] for result in same) for same in zip(*rounds, strict=False)]
 
     ours, theirs = best("tunesmith"), best("transformers")
     if not ours or not theirs:
         return ""
-    ratios = sorted(a / b for a, b in zip(ours, theirs, strict=True))
+    ratios = sorted(a / b for a, b in zip(ours, theirs, strict=False))
     listed = ", ".join(f"{value:.2f}" for value in ratios)
     return (f"\ntunesmith / transformers serve at {clients} clients, best setting each, "
             f"per round: {listed}; median {ratios[len(ratios) // 2]:.2f}x")  # fmt: skip
@@ -313,7 +350,9 @@ def main() -> None:
             server.process.wait(timeout=30)
     for server in servers:
         lines.extend(row(server.name, clients, results[server.name, clients])
-                     for clients in args.clients)  # fmt: skip
+                     for clients in args.clients if (server.name, clients) in results)  # fmt: skip
+        if server.failure:
+            lines.append(f"| {server.name} | - | failed: {server.failure[:120]} | | | | |")
     for clients in args.clients:
         result = one_at_a_time(runs[0], clients, args.requests, args.max_tokens)
         lines.append(row("HF generate, one at a time", clients, [result]))

@@ -48,6 +48,22 @@ def test_the_server_request_log_is_read_with_its_timestamps(tmp_path: Path) -> N
         read_live_inputs(log.path, since=datetime.now(UTC) + timedelta(hours=1))
 
 
+def test_bare_prompts_are_inputs_to_monitor_but_not_examples_to_train_on(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(5)]
+    rows.append({"messages": [{"role": "assistant", "content": "no question before me"}]})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(MonitorError, match="assistant") as refused:
+        read_live_inputs(path)  # a malformed chat is still refused, naming its line
+    assert ":6" in str(refused.value)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows[:5]))
+    live = read_live_inputs(path)
+    assert live.prompts == [f"q{i}" for i in range(5)]
+    assert live.answers == [None] * 5
+    training = read_file(path)
+    assert training.invalid and training.problems[0].code == "example_missing_assistant_message"
+
+
 def test_since_keeps_later_inputs_and_time_windows_group_them(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     lines = []

@@ -153,6 +153,7 @@ def read_file(
     format: str = "auto",
     columns: Mapping[str, str] | None = None,
     on_record: Callable[[Record], None] | None = None,
+    prompts: bool = False,
 ) -> FileRead:
     """Read one file into canonical records; never raises for bad data, reports it instead.
 
@@ -161,6 +162,7 @@ def read_file(
     record; their `Source` is in ``invalid`` so the caller can count them.
     ``on_record`` receives each record as it is read instead of ``records`` holding
     them all: a large file (a request log) then costs only what the caller keeps.
+    ``prompts`` accepts chats that end on a user turn (inputs to monitor, not to train on).
     """
     name = str(path)
     if format != "auto" and format not in FORMATS:
@@ -177,7 +179,7 @@ def read_file(
         return FileRead(name, None, None, problems=[problem])
 
     try:
-        return _read_existing_file(path, name, format, columns, on_record)
+        return _read_existing_file(path, name, format, columns, on_record, prompts)
     except (OSError, EOFError, zlib.error, pyarrow.ArrowException) as exc:
         problem = Problem(
             "unreadable_file",
@@ -197,6 +199,7 @@ def _read_existing_file(
     format: str,
     columns: Mapping[str, str] | None,
     on_record: Callable[[Record], None] | None,
+    prompts: bool = False,
 ) -> FileRead:
     file_type, notice = detect_file_type(path)
     result = FileRead(name, file_type, None if format == "auto" else format)
@@ -223,7 +226,7 @@ def _read_existing_file(
             result.problems.append(item.problem)
             result.invalid.append(Source(name, item.line))
             continue
-        check = RowChecker(name, item.line)
+        check = RowChecker(name, item.line, prompts=prompts)
         record = _interpret(item.value, check, result, unknown_keys, explicit=format != "auto")
         result.problems.extend(check.problems)
         if record is None or not check.ok:

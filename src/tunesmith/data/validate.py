@@ -104,9 +104,12 @@ def has_errors(problems: Iterable[Problem]) -> bool:
 class RowChecker:
     """Builds problems for one row: the file and line are fixed, only code/field/text vary."""
 
-    def __init__(self, file: str, line: int) -> None:
+    def __init__(self, file: str, line: int, *, prompts: bool = False) -> None:
         self.file = file
         self.line = line
+        self.prompts = prompts
+        """A conversation may end on its user turn: inputs to answer (what a drift monitor
+        reads), not examples to train on."""
         self.problems: list[Problem] = []
 
     def error(self, code: str, field: str | None, message: str, fix: str) -> None:
@@ -332,6 +335,8 @@ def check_role_order(check: RowChecker, roles: Sequence[str], field: str = "mess
             )
             continue  # a misplaced system turn is one error, not also an order error after it
         last = role
+    if check.prompts and roles and roles[-1] == "user":
+        return  # a prompt waiting for its answer
     if "assistant" not in roles:
         check.error(
             "example_missing_assistant_message",

@@ -84,10 +84,24 @@ def available() -> bool:
         return False
 
 
+def _adapter_layers(model: nn.Module) -> set[int]:
+    """LoRA's A and B layers: small, and multiplied as plain products wherever tunesmith
+    runs adapters (peft's layers, the server's stacked products), so they stay plain and
+    every path adds the same adapter terms."""
+    found: set[int] = set()
+    for module in model.modules():
+        for name in ("lora_A", "lora_B"):
+            layers = getattr(module, name, None)
+            if isinstance(layers, nn.ModuleDict):
+                found.update(id(layer) for layer in layers.values())
+    return found
+
+
 def _pack(model: nn.Module) -> list[nn.Linear]:
     if not available():
         return []
-    layers = [module for module in model.modules() if _packable(module)]
+    adapters = _adapter_layers(model)
+    layers = [m for m in model.modules() if _packable(m) and id(m) not in adapters]
     for layer in layers:
         layer.forward = _PackedForward(layer)
     return layers

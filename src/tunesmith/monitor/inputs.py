@@ -60,7 +60,7 @@ def read_live_inputs(path: Path, *, since: datetime | None = None) -> LiveInputs
         inputs.answers.append(answer_text(record))
         inputs.lines.append(record.source.line)
 
-    read = read_file(path, on_record=keep)
+    read = read_file(path, on_record=keep, prompts=True)
     errors = [p for p in read.problems if p.severity == "error"]
     if errors:
         raise MonitorError(_first_error_line(errors))

@@ -46,6 +46,10 @@ class _Segments:
     """The rows of each adapter in the forward now running (None: peft decides)."""
 
     current: list[Segment] | None = None
+    key: tuple[object, ...] = ()
+    """What a layer's prepared products depend on: the segments and the adapters loaded
+    (``generation`` grows whenever `install` runs, as it does after every load)."""
+    generation: int = 0
 
 
 _ATTRIBUTE = "_tunesmith_segments"
@@ -134,22 +138,53 @@ def _stackable(layer: LoraLinear, names: tuple[str, ...]) -> bool:
     )
 
 
+@dataclass
+class _Prepared:
+    """A layer's products for the segments of ``key``: None where only the base's rows (or
+    adapters without this layer) are in the batch, or where peft's per-adapter products
+    are needed."""
+
+    key: tuple[object, ...]
+    stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None
+    per_adapter: bool
+
+
+_PREPARED = "_tunesmith_prepared"
+
+
+def _prepare(layer: LoraLinear, segments: list[Segment], x: torch.Tensor, key) -> _Prepared:
+    names = tuple(dict.fromkeys(name for name, _, _ in segments if name in layer.lora_A))
+    if not names:
+        return _Prepared(key, None, False)
+    if not _stackable(layer, names):
+        return _Prepared(key, None, True)
+    stacked = _stacked(layer, names)
+    keep, scale = _row_weights(layer, stacked, tuple(segments), x)
+    return _Prepared(key, (stacked.a, stacked.b, keep.to(stacked.a.dtype), scale), False)
+
+
 def _grouped_forward(holder: _Segments, original: Any) -> Any:
+    """The layer's forward inside `grouped`: what depends only on the batch's segments (the
+    stacked weights, the row masks) is prepared once per batch shape, not at every step."""
+
     def forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         segments = holder.current
         if segments is None or self.disable_adapters or self.merged:
             return original(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
-        names = tuple(dict.fromkeys(name for name, _, _ in segments if name in self.lora_A))
-        if not names:
-            return result  # only the base's rows, or adapters without this layer
-        if not _stackable(self, names):
+        key = (*holder.key, x.dim(), x.device, self.training)
+        prepared: _Prepared | None = vars(self).get(_PREPARED)
+        if prepared is None or prepared.key != key:
+            prepared = _prepare(self, segments, x, key)
+            vars(self)[_PREPARED] = prepared
+        if prepared.per_adapter:
             return _per_adapter(self, x, result, segments)
-        stacked = _stacked(self, names)
-        keep, scale = _row_weights(self, stacked, tuple(segments), x)
-        shrunk = F.linear(x.to(stacked.a.dtype), stacked.a)
-        lora = F.linear(shrunk * keep.to(shrunk.dtype), stacked.b) * scale
-        return result + lora.to(result.dtype)
+        if prepared.stacked is None:
+            return result  # only the base's rows, or adapters without this layer
+        a, b, keep, scale = prepared.stacked
+        shrunk = F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a)
+        lora = F.linear(shrunk * keep, b) * scale
+        return result + (lora if lora.dtype == result.dtype else lora.to(result.dtype))
 
     return forward
 
@@ -177,6 +212,7 @@ def install(model: nn.Module) -> bool:
         uninstall(model)
         return False
     holder = getattr(model, _ATTRIBUTE, None) or _Segments()
+    holder.generation += 1  # an adapter loaded (again): every prepared product is stale
     setattr(model, _ATTRIBUTE, holder)
     for layer in layers:
         if getattr(layer, _ATTRIBUTE, None) is not holder:
@@ -192,6 +228,7 @@ def uninstall(model: nn.Module) -> None:
             del module.forward
             delattr(module, _ATTRIBUTE)
             vars(module).pop(_STACKED, None)
+            vars(module).pop(_PREPARED, None)
     if _ATTRIBUTE in vars(model):
         delattr(model, _ATTRIBUTE)
 
@@ -205,6 +242,7 @@ def grouped(model: nn.Module, segments: list[Segment]) -> Iterator[None]:
     """Forwards inside use ``segments`` to pick each row's adapter."""
     holder: _Segments = getattr(model, _ATTRIBUTE)
     holder.current = segments
+    holder.key = (holder.generation, tuple(segments))
     try:
         yield
     finally:
