@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -249,11 +250,11 @@ def models_of(url: str, key: str) -> list[str]:
 
 def row(name: str, clients: int, results: list) -> str:
     """The median round's throughput; latencies pooled over the rounds."""
-    rates = sorted(rate for rate, _, _ in results)
+    rate = statistics.median(rate for rate, _, _ in results)
     first = [value for _, values, _ in results for value in values]
     latency = [value for _, _, values in results for value in values]
     return (
-        f"| {name} | {clients} | {rates[len(rates) // 2]:.1f} | {percentile(first, 0.5):.2f} | "
+        f"| {name} | {clients} | {rate:.1f} | {percentile(first, 0.5):.2f} | "
         f"{percentile(first, 0.95):.2f} | {percentile(latency, 0.5):.2f} | "
         f"{percentile(latency, 0.95):.2f} |"
     )
@@ -298,7 +299,7 @@ def ratio_line(results: dict[tuple[str, int], list], clients: int) -> str:
     ratios = sorted(a / b for a, b in zip(ours, theirs, strict=False))
     listed = ", ".join(f"{value:.2f}" for value in ratios)
     return (f"\ntunesmith / transformers serve at {clients} clients, best setting each, "
-            f"per round: {listed}; median {ratios[len(ratios) // 2]:.2f}x")  # fmt: skip
+            f"per round: {listed}; median {statistics.median(ratios):.2f}x")  # fmt: skip
 
 
 def main() -> None:
