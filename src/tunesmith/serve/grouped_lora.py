@@ -77,9 +77,6 @@ class _Stacked:
     a: torch.Tensor
     b: torch.Tensor
     columns: dict[str, tuple[int, int]]
-    segments: tuple[Segment, ...] = ()
-    keep: torch.Tensor | None = None
-    scale: torch.Tensor | None = None
 
 
 _STACKED = "_tunesmith_stacked"
@@ -112,23 +109,21 @@ def _stacked(layer: LoraLinear, names: tuple[str, ...]) -> _Stacked:
 
 
 def _row_weights(
-    layer: LoraLinear, stacked: _Stacked, segments: tuple[Segment, ...], x: torch.Tensor
+    layer: LoraLinear, stacked: _Stacked, segments: list[Segment], x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's 0/1 mask over the stacked columns and its adapter's scaling (0 for the
     base's rows), shaped to broadcast over ``x``'s positions."""
-    if stacked.segments != segments or stacked.keep is None or stacked.scale is None:
-        rows = segments[-1][2]
-        keep = torch.zeros(rows, stacked.a.shape[0])
-        scale = torch.zeros(rows)
-        for name, start, end in segments:
-            if name in stacked.columns:
-                first, last = stacked.columns[name]
-                keep[start:end, first:last] = 1.0
-                scale[start:end] = float(layer.scaling[name])
-        stacked.segments, stacked.keep, stacked.scale = segments, keep, scale
+    rows = segments[-1][2]
+    keep = torch.zeros(rows, stacked.a.shape[0])
+    scale = torch.zeros(rows)
+    for name, start, end in segments:
+        if name in stacked.columns:
+            first, last = stacked.columns[name]
+            keep[start:end, first:last] = 1.0
+            scale[start:end] = float(layer.scaling[name])
     middle = (1,) * (x.dim() - 2)
-    keep = stacked.keep.view(-1, *middle, stacked.keep.shape[1])
-    scale = stacked.scale.view(-1, *middle, 1)
+    keep = keep.view(-1, *middle, keep.shape[1])
+    scale = scale.view(-1, *middle, 1)
     return keep.to(x.device), scale.to(x.device)
 
 
@@ -159,7 +154,7 @@ def _prepare(layer: LoraLinear, segments: list[Segment], x: torch.Tensor, key) -
     if not _stackable(layer, names):
         return _Prepared(key, None, True)
     stacked = _stacked(layer, names)
-    keep, scale = _row_weights(layer, stacked, tuple(segments), x)
+    keep, scale = _row_weights(layer, stacked, segments, x)
     return _Prepared(key, (stacked.a, stacked.b, keep.to(stacked.a.dtype), scale), False)
 
 
