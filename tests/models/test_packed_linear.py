@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tunesmith.models import packed_linear
-from tunesmith.models.packed_linear import pack_linears, packed_linears
+from tunesmith.models.packed_linear import pack_linears, packed_bytes, packed_linears
 
 pytestmark = pytest.mark.skipif(
     not packed_linear.available(), reason="this torch build has no oneDNN packed linear"
@@ -29,9 +29,9 @@ def test_large_fp32_layers_are_packed_and_compute_the_same_product() -> None:
     x = torch.randn(2, 5, 256)
     with torch.no_grad():
         expected = model[2](F.relu(model[0](x)))
-        added = pack_linears(model)
+        pack_linears(model)
         got = model[2](F.relu(model[0](x)))
-    assert added == (256 * 512 + 512 * 256) * 4
+    assert packed_bytes(model) == (256 * 512 + 512 * 256) * 4
     assert isinstance(_packed_of(model[0]), packed_linear._PackedForward)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
@@ -71,7 +71,8 @@ def test_other_dtypes_and_autocast_keep_the_plain_product() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert model[0](x).dtype == torch.bfloat16
         half = nn.Linear(256, 512).to(torch.bfloat16)
-        assert pack_linears(half) == 0
+        pack_linears(half)
+        assert packed_bytes(half) == 0
 
 
 def test_the_context_unpacks_only_what_it_packed() -> None:
@@ -79,7 +80,9 @@ def test_the_context_unpacks_only_what_it_packed() -> None:
     pack_linears(model[:1])  # packed for good, as the server does
     with packed_linears(model):
         assert _packed_of(model[2]) is not None
+        assert packed_bytes(model) == (256 * 512 + 512 * 256) * 4
     assert _packed_of(model[2]) is None
+    assert packed_bytes(model) == 256 * 512 * 4
     assert _packed_of(model[0]) is not None
 
 

@@ -14,6 +14,7 @@ about the size of the packed weights; `packed_linears` frees it on exit.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,9 +70,10 @@ def _packable(module: nn.Module) -> bool:
     )
 
 
+@functools.cache
 def available() -> bool:
     """Whether this torch build packs linear weights (oneDNN on the CPU) and the packed
-    product agrees with ``F.linear`` on a small layer."""
+    product agrees with ``F.linear`` on a small layer; probed once per process."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
@@ -107,10 +109,19 @@ def _pack(model: nn.Module) -> list[nn.Linear]:
     return layers
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Give the model's fp32 CPU linear layers packed weights for good; returns the
-    bytes the packed copies take (0 where this build cannot pack)."""
-    return sum(layer.weight.numel() * layer.weight.element_size() for layer in _pack(model))
+def pack_linears(model: nn.Module) -> None:
+    """Give the model's fp32 CPU linear layers packed weights for good (nothing where this
+    build cannot pack)."""
+    _pack(model)
+
+
+def packed_bytes(model: nn.Module) -> int:
+    """The memory the model's packed copies take now."""
+    return sum(
+        m.weight.numel() * m.weight.element_size()
+        for m in model.modules()
+        if isinstance(getattr(m, "forward", None), _PackedForward)
+    )
 
 
 @contextmanager

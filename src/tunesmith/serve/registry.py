@@ -28,7 +28,7 @@ from tunesmith.methods import get_method
 from tunesmith.models import Precision, load_base_model, pick_device, resolve_precision
 from tunesmith.models.autocast_paths import store_frozen_linears_in
 from tunesmith.models.loading import resolve_model_path
-from tunesmith.models.packed_linear import pack_linears
+from tunesmith.models.packed_linear import pack_linears, packed_bytes
 from tunesmith.runs import RunError, RunPaths, load_trained, read_run_config
 from tunesmith.serve import grouped_lora
 
@@ -155,11 +155,15 @@ class Registry:
         self.device = pick_device(device)
         self.models: dict[str, ServedModel] = {}
         self._bases: dict[str, _SharedBase] = {}
-        self.packed_bytes = 0
-        """Memory the decoding kernels' packed weights take (`tunesmith.models.packed_linear`)."""
 
     def get(self, model_id: str) -> ServedModel | None:
         return self.models.get(model_id)
+
+    def packed_bytes(self) -> int:
+        """Memory the decoding kernels' packed weights take now
+        (`tunesmith.models.packed_linear`); a base shared by several runs counts once."""
+        modules = {id(m.module): m.module for m in self.models.values() if m.module is not None}
+        return sum(packed_bytes(module) for module in modules.values())
 
     def base_names(self) -> list[str]:
         """The model names (bundled names or local dirs) of the bases loaded to serve runs."""
@@ -201,7 +205,7 @@ class Registry:
         module.requires_grad_(False)  # served weights never train
         if precision.compute != precision.weights:  # new adapters' layers too
             store_frozen_linears_in(module, precision.compute, copy_tied=True)
-        self.packed_bytes += pack_linears(module)  # a base shared again is packed already
+        pack_linears(module)  # a base shared again is packed already
         tokenizer = _run_tokenizer(run_dir, fallback)
         served = self._served(
             model_id, module, adapter, tokenizer, final, parent, base_key, precision

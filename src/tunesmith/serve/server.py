@@ -84,7 +84,7 @@ def build_state(
 
 def _print_loaded(registry: Registry, threads: int | None) -> None:
     names = ", ".join(registry.models)
-    packed = registry.packed_bytes / 2**20
+    packed = registry.packed_bytes() / 2**20
     kernels = f"weights packed for decoding (+{packed:,.0f} MiB)" if packed else "plain kernels"
     threads_text = f", {threads} torch thread(s)" if threads else ""
     print(f"tunesmith serve: {len(registry.models)} models ({names}); {kernels}{threads_text}")
