@@ -22,7 +22,12 @@ from tunesmith.methods import count_parameters, get_method
 from tunesmith.models import Precision, resolve_precision
 from tunesmith.objectives import build_objective
 from tunesmith.plan.devices import UnknownDeviceError, lookup_device, parse_bytes
-from tunesmith.plan.estimate import DEQUANTIZED_HEAP, QUANTIZED_SOURCE, memory_plan
+from tunesmith.plan.estimate import (
+    DEQUANTIZED_HEAP,
+    QUANTIZED_SOURCE,
+    SHAPE_KERNELS,
+    memory_plan,
+)
 from tunesmith.plan.flops import CountFlops
 from tunesmith.plan.probe import ProbeResult, _measure, probe_step
 from tunesmith.plan.tracker import LiveTensorBytes
@@ -93,6 +98,46 @@ def test_workload_counts_the_run_tokens_and_its_widest_piece() -> None:
     assert work.trained_tokens_per_epoch == sum(e.trained_tokens for e in examples) > 0
     assert work.largest_piece_slots <= 64
     assert work.slots_per_epoch >= sum(lengths)
+
+
+def test_workload_counts_the_shapes_the_run_executes() -> None:
+    """Padded batches of 2 without packing: each batch is as wide as its longest example,
+    so the run meets one shape per distinct batch width, over every epoch it trains."""
+    lengths = [20, 30, 40, 50, 60, 10, 15, 25]
+    batches = BatchSettings.of(load_config().train, pad_token_id=3, pack=False,
+                               row_length=64, device=torch.device("cpu"))  # fmt: skip
+
+    def workload(*overrides: str):
+        run = load_config(overrides=["train.batch_size=2", "train.epochs=1", *overrides])
+        return describe_workload(_examples(lengths), _sft(run), batches, run.train)
+
+    one_epoch = workload("train.gradient_accumulation=1")
+    assert one_epoch.shapes == len({shape for shape in _batch_shapes(lengths, 2, epochs=1)})
+    assert 1 < one_epoch.shapes <= 4
+    widths = [sample.input_ids.shape[1] for sample in one_epoch.shape_samples]
+    assert len(widths) == 2 and all(w < one_epoch.largest_piece_width for w in widths)
+    assert workload("train.max_steps=1", "train.gradient_accumulation=1").shapes == 1
+    assert workload("train.epochs=3").shapes == len(_batch_shapes(lengths, 2, epochs=3))
+
+
+def _batch_shapes(lengths: list[int], batch_size: int, epochs: int) -> set[tuple[int, int]]:
+    from tunesmith.data.batching import epoch_order
+
+    return {
+        (len(group), max(lengths[i] for i in group))
+        for epoch in range(epochs)
+        for group in epoch_order(lengths, batch_size, load_config().train.seed, epoch)
+    }
+
+
+def test_a_new_shape_costs_what_the_probe_measured() -> None:
+    probe = ProbeResult(10**6, 1, 1, resident_bytes_per_shape=3 * 2**20)
+    cpu = lookup_device("cpu")
+    parameters = parameter_memory(load_config(), _config(), _sft(load_config()),
+                                  weights_dtype=torch.float32)  # fmt: skip
+    one, five = (memory_plan(parameters, probe, cpu, 0, 0, shapes=n) for n in (1, 5))
+    assert five.total_bytes - one.total_bytes == 4 * 3 * 2**20
+    assert five.components[SHAPE_KERNELS] == 4 * 3 * 2**20
 
 
 def test_two_shallow_probes_extrapolate_to_the_measured_full_depth() -> None:

@@ -115,8 +115,11 @@ def plan_prepared(
     )  # fmt: skip
     before_probe = resident_bytes()
     probe = _probe(context, run, model_config, workload)
-    context.runtime_bytes = max(0, resident_bytes() - before_probe)
-    memory = memory_plan(parameters, probe, device, context.process_bytes, context.runtime_bytes)
+    context.runtime_bytes = max(0, resident_bytes() - before_probe - probe.shape_probe_bytes)
+    memory = memory_plan(
+        parameters, probe, device, context.process_bytes, context.runtime_bytes,
+        shapes=workload.shapes,
+    )  # fmt: skip
     timing = time_plan(probe, workload, device)
     price = device.price_per_hour if request.price_per_hour is None else request.price_per_hour
     trained_tokens = round(workload.real_tokens_per_epoch * workload.epochs)
@@ -176,7 +179,7 @@ def _probe(context: _Context, run: RunConfig, model_config: Any, workload: Workl
         return probe_step(
             run, model_config, context.objective, workload.largest_piece,
             precision=context.precision, device=context.probe_device,
-            slots=workload.largest_piece_slots,
+            slots=workload.largest_piece_slots, shape_samples=workload.shape_samples,
         )  # fmt: skip
 
 
@@ -195,6 +198,7 @@ def _explore(context: _Context, plan: Plan, model_config: Any, probe: ProbeResul
             context.process_bytes,
             context.runtime_bytes,
             activation_scale=scale,
+            shapes=workload.shapes,
         ).total_bytes
 
     candidates = [b for b in BATCH_CANDIDATES if b <= max(1, len(context.examples))]

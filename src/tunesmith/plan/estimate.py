@@ -24,6 +24,7 @@ ADAM_STATES = 2
 
 QUANTIZED_SOURCE = "4-bit weights' source pages, still mapped (CPU)"
 DEQUANTIZED_HEAP = "heap the 4-bit weights' float copies leave (CPU)"
+SHAPE_KERNELS = "kernels kept for each further batch shape (CPU)"
 
 DEFAULT_API_PRICE_PER_MTOK = 25.0
 """$ per million trained tokens of a hosted fine-tuning API (GPT-4o's list price)."""
@@ -97,7 +98,8 @@ class Plan:
         return round(self.workload.real_tokens_per_epoch * self.workload.epochs)
 
     def to_dict(self) -> dict[str, object]:
-        workload = {k: v for k, v in asdict(self.workload).items() if k != "largest_piece"}
+        pieces = ("largest_piece", "shape_samples")
+        workload = {k: v for k, v in asdict(self.workload).items() if k not in pieces}
         return {
             "model": self.model,
             "method": self.method,
@@ -129,10 +131,12 @@ def memory_plan(
     runtime_bytes: int,
     *,
     activation_scale: float = 1.0,
+    shapes: int = 1,
 ) -> MemoryPlan:
     """Sum the components; ``activation_scale`` stretches the probed working set to a
     wider piece (another batch size or max_tokens_per_forward). ``runtime_bytes`` is the
-    CPU process's non-tensor growth in its first step, as the probe measured it."""
+    CPU process's non-tensor growth in its first step, as the probe measured it, and each
+    of the run's other ``shapes`` forward shapes adds the probe's growth per new shape."""
     optimizer = parameters.trainable_bytes * (1 + ADAM_STATES)  # gradients + two moments
     working = max(0, probe.peak_bytes - optimizer)
     components = {
@@ -155,6 +159,7 @@ def memory_plan(
         components[QUANTIZED_SOURCE] = _quantized_source_pages(parameters)
         components[DEQUANTIZED_HEAP] = _dequantized_heap(parameters)
     components["training runtime (autograd, kernels, threads)"] = runtime_bytes
+    components[SHAPE_KERNELS] = probe.resident_bytes_per_shape * max(0, shapes - 1)
     total = sum(components.values())
     return MemoryPlan(components, total, total)
 

@@ -9,6 +9,11 @@ would keep checkpointing's recomputed tensors alive). Memory and FLOPs of a
 decoder stack grow by the same amount per layer, so the two probes extrapolate exactly to
 the full depth; what does not grow with depth (embeddings, the chunked logits of the loss,
 their gradients) is in both and is kept once.
+
+On CPU a forward shape met for the first time can also leave kernels resident (oneDNN
+builds and caches bf16 matmul primitives per shape: ~2 MB for each layer shape of a tiny
+model, next to nothing at SmolLM2's widths). After its steps the one-layer probe runs a
+pass at each of a few narrower shapes of the real data and measures that growth per shape.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from tunesmith.models.autocast_paths import (
 )
 from tunesmith.objectives import Objective, attach_objective_parameters
 from tunesmith.plan.flops import CountFlops
+from tunesmith.plan.measure import resident_bytes
 from tunesmith.plan.quantized import quantize_linear_layers
 from tunesmith.plan.tracker import LiveTensorBytes
 from tunesmith.plan.weights import attach_method
@@ -47,6 +53,10 @@ class ProbeResult:
     flops_per_pass: int
     """Forward + backward FLOPs of one pass over the probed piece."""
     piece_slots: int
+    resident_bytes_per_shape: int = 0
+    """Resident growth (CPU) of one pass at a shape not met before, weights excluded."""
+    shape_probe_bytes: int = 0
+    """What measuring that grew the process by (not part of the first shape's runtime)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,8 @@ class _Shallow:
     temporaries), so the phase that peaks at one layer need not peak at thirty: each is
     extrapolated on its own and the larger taken."""
     flops: int
+    shape_growth: tuple[int, int] = (0, 0)
+    """Resident growth of the narrower-shape passes, and how many passes."""
 
     @property
     def peak_bytes(self) -> int:
@@ -72,10 +84,14 @@ def probe_step(
     precision: Precision,
     device: torch.device,
     slots: int,
+    shape_samples: tuple[Any, ...] = (),
 ) -> ProbeResult:
-    """Measure one and two layers, extrapolate to ``model_config.num_hidden_layers``."""
+    """Measure one and two layers, extrapolate to ``model_config.num_hidden_layers``;
+    ``shape_samples`` are pieces of other shapes the run executes."""
     layers = int(model_config.num_hidden_layers)
-    one = _measure(run, _with_layers(model_config, 1), objective, piece, precision, device)
+    one = _measure(
+        run, _with_layers(model_config, 1), objective, piece, precision, device, shape_samples
+    )
     two = _measure(run, _with_layers(model_config, 2), objective, piece, precision, device)
     extra = layers - 1
     peak = max(
@@ -83,7 +99,9 @@ def probe_step(
         for first, second in zip(one.phase_peaks, two.phase_peaks, strict=True)
     )
     flops = one.flops + extra * max(0, two.flops - one.flops)
-    return ProbeResult(int(peak), int(flops // PASSES), slots)
+    growth, passes = one.shape_growth
+    per_shape = growth // passes if passes and device.type == "cpu" else 0
+    return ProbeResult(int(peak), int(flops // PASSES), slots, per_shape, growth)
 
 
 def _with_layers(model_config: PretrainedConfig, layers: int) -> PretrainedConfig:
@@ -102,6 +120,7 @@ def _measure(
     piece: Any,
     precision: Precision,
     device: torch.device,
+    shape_samples: tuple[Any, ...] = (),
 ) -> _Shallow:
     torch.manual_seed(run.train.seed)
     base = AutoModelForCausalLM.from_config(
@@ -137,4 +156,11 @@ def _measure(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step_peak = max(step_peak, live.peak)
-    return _Shallow((backward_peak, step_peak), flops.total)
+    before = resident_bytes()
+    for sample in shape_samples:  # narrower than the piece: the heap already holds them
+        with precision.autocast(device):
+            loss_sum, units = objective.loss_sum(model, sample.to(device))
+        (loss_sum / max(1, units)).backward()
+        optimizer.zero_grad(set_to_none=True)
+    growth = max(0, resident_bytes() - before)
+    return _Shallow((backward_peak, step_peak), flops.total, (growth, len(shape_samples)))

@@ -7,6 +7,7 @@ will really execute, and the token counts are the run's, not a guess from a mean
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,13 @@ from typing import Any
 from tunesmith.config import TrainConfig
 from tunesmith.data.batching import epoch_order
 from tunesmith.engine.batches import BatchSettings
-from tunesmith.engine.loop import planned_steps
+from tunesmith.engine.loop import StepPlan, planned_steps
+
+SHAPE_EPOCHS = 3
+"""Epochs over which the run's distinct forward shapes are counted: later epochs reorder
+the same examples, so they add few new widths."""
+SHAPE_SAMPLES = 2
+"""Pieces of other shapes the probe runs to measure what a new shape costs."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,12 @@ class Workload:
     largest_piece: Any
     largest_piece_rows: int
     largest_piece_width: int
+    shapes: int = 1
+    """Distinct (rows, width) forward shapes the run executes (counted over at most
+    `SHAPE_EPOCHS` epochs). On CPU each new shape can build kernels of its own that stay
+    resident (oneDNN's bf16 matmuls on small layers: ~2 MB a layer shape)."""
+    shape_samples: tuple[Any, ...] = ()
+    """Up to `SHAPE_SAMPLES` pieces narrower than the largest, each of another shape."""
 
     @property
     def largest_piece_slots(self) -> int:
@@ -47,17 +60,24 @@ def describe_workload(
     lengths = [len(example) for example in examples]
     real = trained = slots = pieces = 0
     largest, largest_key = None, (-1, -1)
-    for group in epoch_order(lengths, train.batch_size, train.seed, 0):
+    by_shape: dict[tuple[int, int], Any] = {}
+    executed: set[tuple[int, int]] = set()
+    total = _micro_batches(train, len(examples))
+    for index, group in enumerate(epoch_order(lengths, train.batch_size, train.seed, 0)):
         batch = batches.collate(objective, [examples[i] for i in group])
         real += int(batch.real_tokens)
         trained += sum(objective.units(examples[i]) for i in group)
         for piece in batches.forward_pieces(batch):
             rows, width = _shape(piece)
+            by_shape.setdefault((rows, width), piece)
+            if index < total:
+                executed.add((rows, width))
             pieces += 1
             slots += rows * width
             key = (rows * width, _trained_positions(piece))
             if key > largest_key:
                 largest, largest_key = piece, key
+    shapes = executed | _later_shapes(examples, lengths, objective, batches, train, total)
     steps = planned_steps(train, len(examples), 1)
     epochs = train.epochs
     if train.max_steps:
@@ -65,9 +85,42 @@ def describe_workload(
                                   len(examples), 1)  # fmt: skip
         epochs = train.max_steps / per_epoch
     rows, width = _shape(largest)
+    narrower = sorted((shape for shape in by_shape if shape[0] * shape[1] < rows * width),
+                      key=lambda shape: -shape[0] * shape[1])  # fmt: skip
+    samples = tuple(by_shape[shape] for shape in narrower[:SHAPE_SAMPLES])
     return Workload(
-        len(examples), real, trained, slots, pieces, steps, epochs, largest, rows, width
-    )
+        len(examples), real, trained, slots, pieces, steps, epochs, largest, rows, width,
+        shapes=max(1, len(shapes)), shape_samples=samples,
+    )  # fmt: skip
+
+
+def _micro_batches(train: TrainConfig, examples: int) -> int:
+    """The micro-batches the run executes (on one process, as the plan assumes)."""
+    per_step = StepPlan.of(train, examples, 1).micro_batches_per_step
+    return planned_steps(train, examples, 1) * per_step
+
+
+def _later_shapes(
+    examples: Sequence[Any],
+    lengths: list[int],
+    objective: Any,
+    batches: BatchSettings,
+    train: TrainConfig,
+    total: int,
+) -> set[tuple[int, int]]:
+    """The forward shapes of the ``total`` micro-batches after the first epoch."""
+    plan = StepPlan.of(train, len(examples), 1)
+    epochs = min(SHAPE_EPOCHS, math.ceil(total / max(1, plan.micro_batches_per_epoch)))
+    shapes: set[tuple[int, int]] = set()
+    done = plan.micro_batches_per_epoch
+    for epoch in range(1, epochs):
+        for group in epoch_order(lengths, train.batch_size, train.seed, epoch):
+            if done >= total:
+                return shapes
+            done += 1
+            batch = batches.collate(objective, [examples[i] for i in group])
+            shapes.update(_shape(piece) for piece in batches.forward_pieces(batch))
+    return shapes
 
 
 def _token_rows(piece: Any) -> Any:
