@@ -63,16 +63,47 @@ def test_a_weight_changed_in_place_is_never_served_from_the_stale_pack() -> None
         assert torch.equal(model[0](x), F.linear(x, model[0].weight, model[0].bias))
 
 
-def test_other_dtypes_and_autocast_keep_the_plain_product() -> None:
+def test_fp32_weights_under_bf16_autocast_keep_the_plain_product() -> None:
     model = _model()
     pack_linears(model)
     with torch.no_grad():
         x = torch.randn(4, 256)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert model[0](x).dtype == torch.bfloat16
-        half = nn.Linear(256, 512).to(torch.bfloat16)
-        pack_linears(half)
-        assert packed_bytes(half) == 0
+            got = model[0](x)
+            expected = F.linear(x, model[0].weight, model[0].bias)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.skipif(
+    not packed_linear.available(torch.bfloat16), reason="no oneDNN bf16 packed linear here"
+)
+def test_bf16_weights_are_packed_outside_autocast_and_under_a_bf16_one() -> None:
+    """Where the CPU computes bf16, weights stored in it are packed too; the product is
+    what ``F.linear`` computes in bf16 (autocast casts the input and returns bf16)."""
+    model = _model().to(torch.bfloat16)
+    x = torch.randn(3, 7, 256)
+    with torch.no_grad():
+        plain = F.linear(x.bfloat16(), model[0].weight, model[0].bias)
+        pack_linears(model)
+        assert packed_bytes(model) == (256 * 512 + 512 * 256) * 2
+        got = model[0](x.bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model[0](x)
+    assert got.dtype == autocast.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), plain.float(), rtol=2e-2, atol=2e-2)
+    assert torch.equal(autocast, got)
+
+
+def test_a_row_sliced_from_a_longer_batch_gives_its_own_product() -> None:
+    """The last position of each row, as a causal LM's head takes it: a strided view."""
+    model = _model()
+    pack_linears(model)
+    batch = torch.randn(4, 9, 256)
+    with torch.no_grad():
+        for rows in (batch[:, -1:, :], batch[:1, -1:, :]):
+            expected = F.linear(rows.contiguous(), model[0].weight, model[0].bias)
+            torch.testing.assert_close(model[0](rows), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_the_context_unpacks_only_what_it_packed() -> None:
