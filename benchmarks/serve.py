@@ -196,12 +196,13 @@ def start_tunesmith_serve(runs: list[Path], key_file: Path, max_batch: int, thre
 
 
 def start_transformers_serve(
-    model_dir: Path, continuous: bool, threads: int | None
+    model_dir: Path, continuous: bool, threads: int | None, dtype: str = "auto"
 ) -> tuple[subprocess.Popen, str]:
-    """``threads``: OMP_NUM_THREADS for the server (None: torch's own default)."""
+    """``threads``: OMP_NUM_THREADS for the server (None: torch's own default); ``dtype``
+    its ``--dtype`` (auto: the merged weights' own, fp32)."""
     port = free_port()
     command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1",
-               "--port", str(port), str(model_dir)]  # fmt: skip
+               "--port", str(port), "--dtype", dtype, str(model_dir)]  # fmt: skip
     if continuous:
         # its paged cache takes 90% of free memory by default (13.7 GB here, and its
         # attention masks grow with it): two of them side by side were killed for memory.
@@ -228,15 +229,17 @@ class Server:
     failure: str = ""
 
 
-def start_transformers(merged: Path, threads: int | None) -> Server | str:
+def start_transformers(merged: Path, threads: int | None, dtype: str = "auto") -> Server | str:
     """`transformers serve` on the merged run: with continuous batching, or without it where
     that does not start; the reason in words where neither does."""
     label = "default threads" if threads is None else f"{threads} torch thread(s)"
+    if dtype != "auto":
+        label += f", {dtype}"
     reason = ""
     for continuous in (True, False):
         name = "transformers serve" + (" --continuous-batching" if continuous else "")
         try:
-            process, url = start_transformers_serve(merged, continuous, threads)
+            process, url = start_transformers_serve(merged, continuous, threads, dtype)
         except RuntimeError as error:
             reason = f"| {name} | - | not run: {str(error).splitlines()[-1][:80]} | | | | |"
             continue
@@ -312,8 +315,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Turns at every server.")
     args = parser.parse_args()
 
+    import torch
+
     from tunesmith import api
     from tunesmith.engine.threads import usable_cpus
+    from tunesmith.models import resolve_precision
 
     workdir = Path(tempfile.mkdtemp(prefix="tunesmith-serve-bench-"))
     runs = train_runs(workdir)
@@ -337,9 +343,14 @@ def main() -> None:
             servers.append(Server(f"tunesmith serve ({label})", url, key, models, process))
         if not args.skip_transformers_serve:
             merged = api.merge(runs[0])
-            # the peer at its own default (torch's: every core) and at tunesmith's default
-            for threads in (None, max(1, usable_cpus() - 1)):
-                started = start_transformers(merged, threads)
+            # the peer at its own default (torch's: every core) and at tunesmith's default;
+            # where the CPU computes bf16 natively (tunesmith serves in bf16 there), in bf16
+            # too, as a user of it there would ask for
+            settings = [(None, "auto"), (max(1, usable_cpus() - 1), "auto")]
+            if resolve_precision("auto", torch.device("cpu")).compute == torch.bfloat16:
+                settings.append((None, "bfloat16"))
+            for threads, dtype in settings:
+                started = start_transformers(merged, threads, dtype)
                 if isinstance(started, str):
                     lines.append(started)
                 else:
