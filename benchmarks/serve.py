@@ -10,6 +10,7 @@ is tunesmith's best setting over the peer's best, round by round.
 
     python benchmarks/serve.py                          # 1, 4, 16 clients, 3 rounds
     python benchmarks/serve.py --clients 1 4 --requests 2 --max-tokens 16   # quicker
+    python benchmarks/serve.py --clients 16 --precision fp32   # fp32 runs on a bf16 CPU
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ PROMPTS = [
 ]
 
 
-def train_runs(workdir: Path) -> list[Path]:
+def train_runs(workdir: Path, precision: str = "auto") -> list[Path]:
     from tunesmith import api
     from tunesmith.config import load_config
 
@@ -49,7 +50,7 @@ def train_runs(workdir: Path) -> list[Path]:
         overrides = [
             f"output.dir={workdir}", f"output.name={name}", "train.max_steps=2",
             "train.batch_size=4", "train.eval_every=100", "eval.enabled=false",
-            f"train.seed={seed}",
+            f"train.seed={seed}", f"train.precision={precision}",
         ]  # fmt: skip
         config = load_config(REPO / "examples" / "support-lora.yaml", overrides)
         runs.append(api.train(config, show_progress=False).run_dir)
@@ -313,6 +314,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--skip-transformers-serve", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="Turns at every server.")
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"],
+        help="The runs' train.precision, which tunesmith serves them in (and the merged "
+        "model's weights keep): fp32 compares fp32 with fp32 on a bf16 CPU.",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -322,7 +328,7 @@ def main() -> None:
     from tunesmith.models import resolve_precision
 
     workdir = Path(tempfile.mkdtemp(prefix="tunesmith-serve-bench-"))
-    runs = train_runs(workdir)
+    runs = train_runs(workdir, args.precision)
     lines = [
         "| server | clients | output tok/s | TTFT p50 s | TTFT p95 s | latency p50 s "
         "| latency p95 s |",
