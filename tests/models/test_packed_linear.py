@@ -137,3 +137,16 @@ def test_a_peft_lora_model_generates_the_same_with_packed_layers(tiny_model) -> 
     assert not any(_packed_of(m) for m in model.modules())  # unpacked on the way out
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(tokens, plain)
+
+
+def test_the_probe_answers_the_same_when_first_asked_under_inference_mode() -> None:
+    """Evaluation generates under inference mode, and may be the first to ask."""
+    packed_linear._probe.cache_clear()
+    model = _model()
+    with torch.inference_mode():
+        assert packed_linear.available()
+        with packed_linears(model):
+            assert _packed_of(model[0]) is not None
+        made_here = _model()  # its weights keep no version counter: left plain
+        with packed_linears(made_here):
+            assert _packed_of(made_here[0]) is None

@@ -82,6 +82,7 @@ def _packable(module: nn.Module) -> bool:
     return (
         weight.device.type == "cpu"
         and weight.dtype in PACKED_DTYPES
+        and not weight.is_inference()  # no version counter to tell a changed weight by
         and not isinstance(module.forward, _PackedForward)
         and available(weight.dtype)
     )
@@ -91,17 +92,23 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16)
 _TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 
-@functools.cache
 def available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether this torch build packs linear weights of ``dtype`` (oneDNN on the CPU; bf16
     where the CPU has bf16 kernels) and the packed product agrees with ``F.linear`` on a
     small layer; probed once per process and dtype."""
+    return _probe(dtype)
+
+
+@functools.cache
+def _probe(dtype: torch.dtype) -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        layer = nn.Linear(256, 256).to(dtype)
-        x = torch.randn(3, 256, dtype=dtype)
-        with torch.no_grad():
+        # generation runs under inference mode, whose tensors keep no version counter:
+        # the probe's layer must be an ordinary one, as the model's weights are
+        with torch.inference_mode(False), torch.no_grad():
+            layer = nn.Linear(256, 256).to(dtype)
+            x = torch.randn(3, 256, dtype=dtype)
             packed = _PackedForward(layer)(x)
             plain = F.linear(x, layer.weight, layer.bias)
         return bool(torch.allclose(packed.float(), plain.float(), atol=_TOLERANCE[dtype]))
