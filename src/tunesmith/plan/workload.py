@@ -60,16 +60,21 @@ def describe_workload(
     lengths = [len(example) for example in examples]
     real = trained = slots = pieces = 0
     largest, largest_key = None, (-1, -1)
-    by_shape: dict[tuple[int, int], Any] = {}
+    kept: dict[tuple[int, int], Any] = {}  # a piece of each of the widest few shapes
     executed: set[tuple[int, int]] = set()
-    total = _micro_batches(train, len(examples))
+    step_plan = StepPlan.of(train, len(examples), 1)
+    steps = planned_steps(train, len(examples), 1)
+    total = steps * step_plan.micro_batches_per_step
     for index, group in enumerate(epoch_order(lengths, train.batch_size, train.seed, 0)):
         batch = batches.collate(objective, [examples[i] for i in group])
         real += int(batch.real_tokens)
         trained += sum(objective.units(examples[i]) for i in group)
         for piece in batches.forward_pieces(batch):
             rows, width = _shape(piece)
-            by_shape.setdefault((rows, width), piece)
+            if (rows, width) not in kept:
+                kept[rows, width] = piece
+                if len(kept) > SHAPE_SAMPLES + 1:
+                    del kept[min(kept, key=lambda shape: shape[0] * shape[1])]
             if index < total:
                 executed.add((rows, width))
             pieces += 1
@@ -77,27 +82,22 @@ def describe_workload(
             key = (rows * width, _trained_positions(piece))
             if key > largest_key:
                 largest, largest_key = piece, key
-    shapes = executed | _later_shapes(examples, lengths, objective, batches, train, total)
-    steps = planned_steps(train, len(examples), 1)
+    shapes = executed | _later_shapes(
+        examples, lengths, objective, batches, train, step_plan.micro_batches_per_epoch, total
+    )
     epochs = train.epochs
     if train.max_steps:
         per_epoch = planned_steps(train.model_copy(update={"max_steps": None, "epochs": 1}),
                                   len(examples), 1)  # fmt: skip
         epochs = train.max_steps / per_epoch
     rows, width = _shape(largest)
-    narrower = sorted((shape for shape in by_shape if shape[0] * shape[1] < rows * width),
+    narrower = sorted((shape for shape in kept if shape[0] * shape[1] < rows * width),
                       key=lambda shape: -shape[0] * shape[1])  # fmt: skip
-    samples = tuple(by_shape[shape] for shape in narrower[:SHAPE_SAMPLES])
+    samples = tuple(kept[shape] for shape in narrower[:SHAPE_SAMPLES])
     return Workload(
         len(examples), real, trained, slots, pieces, steps, epochs, largest, rows, width,
         shapes=max(1, len(shapes)), shape_samples=samples,
     )  # fmt: skip
-
-
-def _micro_batches(train: TrainConfig, examples: int) -> int:
-    """The micro-batches the run executes (on one process, as the plan assumes)."""
-    per_step = StepPlan.of(train, examples, 1).micro_batches_per_step
-    return planned_steps(train, examples, 1) * per_step
 
 
 def _later_shapes(
@@ -106,13 +106,14 @@ def _later_shapes(
     objective: Any,
     batches: BatchSettings,
     train: TrainConfig,
+    per_epoch: int,
     total: int,
 ) -> set[tuple[int, int]]:
-    """The forward shapes of the ``total`` micro-batches after the first epoch."""
-    plan = StepPlan.of(train, len(examples), 1)
-    epochs = min(SHAPE_EPOCHS, math.ceil(total / max(1, plan.micro_batches_per_epoch)))
+    """The forward shapes of the run's ``total`` micro-batches after the first epoch's
+    ``per_epoch``."""
+    epochs = min(SHAPE_EPOCHS, math.ceil(total / max(1, per_epoch)))
     shapes: set[tuple[int, int]] = set()
-    done = plan.micro_batches_per_epoch
+    done = per_epoch
     for epoch in range(1, epochs):
         for group in epoch_order(lengths, train.batch_size, train.seed, epoch):
             if done >= total:
