@@ -59,6 +59,9 @@ def _upload_and_start(page, root: str, tmp_path: Path, out: Path) -> str:
     _shot(page, "new-job", out)
     page.click("#create-job")
     page.wait_for_url(root + "/jobs/ftjob-*")
+    # The side-by-side form stays hidden until its two models are known: a class that sets
+    # `display` must not override the `hidden` attribute (a fresh load could submit model null)
+    assert page.is_hidden("#side-form")
     return page.url.rsplit("/", 1)[-1]
 
 
