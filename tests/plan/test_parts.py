@@ -114,8 +114,10 @@ def test_workload_counts_the_shapes_the_run_executes() -> None:
     one_epoch = workload("train.gradient_accumulation=1")
     assert one_epoch.shapes == len({shape for shape in _batch_shapes(lengths, 2, epochs=1)})
     assert 1 < one_epoch.shapes <= 4
-    widths = [sample.input_ids.shape[1] for sample in one_epoch.shape_samples]
-    assert len(widths) == 2 and all(w < one_epoch.largest_piece_width for w in widths)
+    sample_shapes = {tuple(sample.input_ids.shape) for sample in one_epoch.shape_samples}
+    largest = (one_epoch.largest_piece_rows, one_epoch.largest_piece_width)
+    assert len(sample_shapes) == len(one_epoch.shape_samples) == one_epoch.shapes - 1
+    assert largest not in sample_shapes
     assert workload("train.max_steps=1", "train.gradient_accumulation=1").shapes == 1
     assert workload("train.epochs=3").shapes == len(_batch_shapes(lengths, 2, epochs=3))
 
@@ -130,14 +132,20 @@ def _batch_shapes(lengths: list[int], batch_size: int, epochs: int) -> set[tuple
     }
 
 
-def test_a_new_shape_costs_what_the_probe_measured() -> None:
-    probe = ProbeResult(10**6, 1, 1, resident_bytes_per_shape=3 * 2**20)
+def test_new_shapes_cost_what_the_probe_measured_and_its_tail_beyond() -> None:
+    """The curve is read at the run's count; past its end it goes on at the slope of its
+    second half (a primitive cache that evicts grows slower once full)."""
+    mb = 2**20
+    probe = ProbeResult(10**6, 1, 1, shape_curve=(25 * mb, 50 * mb, 60 * mb, 65 * mb))
     cpu = lookup_device("cpu")
     parameters = parameter_memory(load_config(), _config(), _sft(load_config()),
                                   weights_dtype=torch.float32)  # fmt: skip
-    one, five = (memory_plan(parameters, probe, cpu, 0, 0, shapes=n) for n in (1, 5))
-    assert five.total_bytes - one.total_bytes == 4 * 3 * 2**20
-    assert five.components[SHAPE_KERNELS] == 4 * 3 * 2**20
+    one, three, nine = (memory_plan(parameters, probe, cpu, 0, 0, shapes=n) for n in (1, 3, 9))
+    assert one.components[SHAPE_KERNELS] == 0
+    assert three.total_bytes - one.total_bytes == three.components[SHAPE_KERNELS] == 50 * mb
+    assert nine.components[SHAPE_KERNELS] == 65 * mb + 4 * round(7.5 * mb)
+    assert probe.shape_probe_bytes == 65 * mb
+    assert ProbeResult(1, 1, 1, shape_curve=(-mb,)).shape_kernel_bytes(2) == 0
 
 
 def test_two_shallow_probes_extrapolate_to_the_measured_full_depth() -> None:

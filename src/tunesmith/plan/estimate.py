@@ -136,7 +136,7 @@ def memory_plan(
     """Sum the components; ``activation_scale`` stretches the probed working set to a
     wider piece (another batch size or max_tokens_per_forward). ``runtime_bytes`` is the
     CPU process's non-tensor growth in its first step, as the probe measured it, and each
-    of the run's other ``shapes`` forward shapes adds the probe's growth per new shape."""
+    the run's other forward shapes (``shapes`` in all) keep what the probe's curve says."""
     optimizer = parameters.trainable_bytes * (1 + ADAM_STATES)  # gradients + two moments
     working = max(0, probe.peak_bytes - optimizer)
     components = {
@@ -159,7 +159,7 @@ def memory_plan(
         components[QUANTIZED_SOURCE] = _quantized_source_pages(parameters)
         components[DEQUANTIZED_HEAP] = _dequantized_heap(parameters)
     components["training runtime (autograd, kernels, threads)"] = runtime_bytes
-    components[SHAPE_KERNELS] = probe.resident_bytes_per_shape * max(0, shapes - 1)
+    components[SHAPE_KERNELS] = probe.shape_kernel_bytes(shapes)
     total = sum(components.values())
     return MemoryPlan(components, total, total)
 

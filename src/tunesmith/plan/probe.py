@@ -10,11 +10,15 @@ decoder stack grow by the same amount per layer, so the two probes extrapolate e
 the full depth; what does not grow with depth (embeddings, the chunked logits of the loss,
 their gradients) is in both and is kept once.
 
-On CPU a forward shape met for the first time can also leave memory resident (oneDNN
-builds and caches bf16 matmul primitives per shape: ~2 MB for each layer shape of a tiny
-model). After its steps the one-layer probe runs a pass at each of a few narrower shapes
-of the real data and measures that growth per shape. Two passes make a noisy measure: on
-SmolLM2 (support-lora, bf16) it gave 10 to 29 MB a shape from one plan to the next.
+On CPU a forward shape met for the first time also leaves memory resident: oneDNN builds
+and caches its bf16 matmul primitives per shape (a SmolLM2 layer and head under bf16
+autocast: ~25 MB a new shape for the first ~35 shapes, then ~5 MB a shape once its
+primitive cache of 1,024 entries evicts). The growth depends on how many shapes, not on
+their size nor on the depth (one and two layers grew alike, one row and eight alike). So
+after its steps the one-layer probe runs a pass at each of up to 16 other shapes the run
+executes and records the growth after each: the curve, read at the run's number of
+shapes, and past its end extrapolated at the slope of its second half (which cannot see
+the cache fill: beyond ~35 shapes it over-predicts).
 """
 
 from __future__ import annotations
@@ -54,10 +58,27 @@ class ProbeResult:
     flops_per_pass: int
     """Forward + backward FLOPs of one pass over the probed piece."""
     piece_slots: int
-    resident_bytes_per_shape: int = 0
-    """Resident growth (CPU) of one pass at a shape not met before, weights excluded."""
-    shape_probe_bytes: int = 0
-    """What measuring that grew the process by (not part of the first shape's runtime)."""
+    shape_curve: tuple[int, ...] = ()
+    """Resident growth (CPU) after each of the probe's passes at a shape not met before."""
+
+    @property
+    def shape_probe_bytes(self) -> int:
+        """What measuring the curve grew the process by (not the first shape's runtime)."""
+        return max(0, self.shape_curve[-1]) if self.shape_curve else 0
+
+    def shape_kernel_bytes(self, shapes: int) -> int:
+        """What a run of ``shapes`` distinct forward shapes keeps resident beyond its first:
+        the curve at that count, or past its end its last point plus the slope of its second
+        half (the primitive cache is evicting by then, if it ever does)."""
+        curve, new = self.shape_curve, shapes - 1
+        if new <= 0 or not curve:
+            return 0
+        if new <= len(curve):
+            return max(0, curve[new - 1])
+        half = len(curve) // 2
+        start = curve[half - 1] if half else 0
+        slope = (curve[-1] - start) / (len(curve) - half)
+        return max(0, round(curve[-1] + max(0.0, slope) * (new - len(curve))))
 
 
 @dataclass(frozen=True)
@@ -68,8 +89,7 @@ class _Shallow:
     temporaries), so the phase that peaks at one layer need not peak at thirty: each is
     extrapolated on its own and the larger taken."""
     flops: int
-    shape_growth: tuple[int, int] = (0, 0)
-    """Resident growth of the narrower-shape passes, and how many passes."""
+    shape_curve: tuple[int, ...] = ()
 
     @property
     def peak_bytes(self) -> int:
@@ -90,9 +110,8 @@ def probe_step(
     """Measure one and two layers, extrapolate to ``model_config.num_hidden_layers``;
     ``shape_samples`` are pieces of other shapes the run executes."""
     layers = int(model_config.num_hidden_layers)
-    one = _measure(
-        run, _with_layers(model_config, 1), objective, piece, precision, device, shape_samples
-    )
+    samples = shape_samples if device.type == "cpu" else ()
+    one = _measure(run, _with_layers(model_config, 1), objective, piece, precision, device, samples)
     two = _measure(run, _with_layers(model_config, 2), objective, piece, precision, device)
     extra = layers - 1
     peak = max(
@@ -100,9 +119,7 @@ def probe_step(
         for first, second in zip(one.phase_peaks, two.phase_peaks, strict=True)
     )
     flops = one.flops + extra * max(0, two.flops - one.flops)
-    growth, passes = one.shape_growth
-    per_shape = growth // passes if passes and device.type == "cpu" else 0
-    return ProbeResult(int(peak), int(flops // PASSES), slots, per_shape, growth)
+    return ProbeResult(int(peak), int(flops // PASSES), slots, one.shape_curve)
 
 
 def _with_layers(model_config: PretrainedConfig, layers: int) -> PretrainedConfig:
@@ -157,11 +174,12 @@ def _measure(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step_peak = max(step_peak, live.peak)
+    curve: list[int] = []
     before = resident_bytes()
-    for sample in shape_samples:  # narrower than the piece: the heap already holds them
+    for sample in shape_samples:  # no wider than the piece: the heap already holds them
         with precision.autocast(device):
             loss_sum, units = objective.loss_sum(model, sample.to(device))
         (loss_sum / max(1, units)).backward()
         optimizer.zero_grad(set_to_none=True)
-    growth = max(0, resident_bytes() - before)
-    return _Shallow((backward_peak, step_peak), flops.total, (growth, len(shape_samples)))
+        curve.append(resident_bytes() - before)
+    return _Shallow((backward_peak, step_peak), flops.total, tuple(curve))

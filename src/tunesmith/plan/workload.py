@@ -20,8 +20,10 @@ from tunesmith.engine.loop import StepPlan, planned_steps
 SHAPE_EPOCHS = 3
 """Epochs over which the run's distinct forward shapes are counted: later epochs reorder
 the same examples, so they add few new widths."""
-SHAPE_SAMPLES = 2
-"""Pieces of other shapes the probe runs to measure what a new shape costs."""
+SHAPE_SAMPLES = 16
+"""Pieces of other shapes the run executes that the probe runs to measure what new shapes
+leave resident (~0.4 s each at SmolLM2's size, 8 rows). Real shapes of the run, so the
+kernels they build in a training process that plans first are the run's own."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,10 @@ class Workload:
     shapes: int = 1
     """Distinct (rows, width) forward shapes the run executes (counted over at most
     `SHAPE_EPOCHS` epochs). On CPU each new shape can build kernels of its own that stay
-    resident (oneDNN's bf16 matmuls on small layers: ~2 MB a layer shape)."""
+    resident (oneDNN's bf16 matmul primitives: ~25 MB a shape at SmolLM2's size)."""
     shape_samples: tuple[Any, ...] = ()
-    """Up to `SHAPE_SAMPLES` pieces narrower than the largest, each of another shape."""
+    """A piece of each of up to `SHAPE_SAMPLES` other shapes the run executes (each no
+    wider in slots than the largest)."""
 
     @property
     def largest_piece_slots(self) -> int:
@@ -60,7 +63,7 @@ def describe_workload(
     lengths = [len(example) for example in examples]
     real = trained = slots = pieces = 0
     largest, largest_key = None, (-1, -1)
-    kept: dict[tuple[int, int], Any] = {}  # a piece of each of the widest few shapes
+    kept: dict[tuple[int, int], Any] = {}  # a piece of each of the first few shapes
     executed: set[tuple[int, int]] = set()
     step_plan = StepPlan.of(train, len(examples), 1)
     steps = planned_steps(train, len(examples), 1)
@@ -71,12 +74,10 @@ def describe_workload(
         trained += sum(objective.units(examples[i]) for i in group)
         for piece in batches.forward_pieces(batch):
             rows, width = _shape(piece)
-            if (rows, width) not in kept:
-                kept[rows, width] = piece
-                if len(kept) > SHAPE_SAMPLES + 1:
-                    del kept[min(kept, key=lambda shape: shape[0] * shape[1])]
             if index < total:
                 executed.add((rows, width))
+                if len(kept) <= SHAPE_SAMPLES:
+                    kept.setdefault((rows, width), piece)
             pieces += 1
             slots += rows * width
             key = (rows * width, _trained_positions(piece))
@@ -91,9 +92,8 @@ def describe_workload(
                                   len(examples), 1)  # fmt: skip
         epochs = train.max_steps / per_epoch
     rows, width = _shape(largest)
-    narrower = sorted((shape for shape in kept if shape[0] * shape[1] < rows * width),
-                      key=lambda shape: -shape[0] * shape[1])  # fmt: skip
-    samples = tuple(kept[shape] for shape in narrower[:SHAPE_SAMPLES])
+    samples = tuple(piece for shape, piece in kept.items() if shape != (rows, width))
+    samples = samples[:SHAPE_SAMPLES]
     return Workload(
         len(examples), real, trained, slots, pieces, steps, epochs, largest, rows, width,
         shapes=max(1, len(shapes)), shape_samples=samples,
@@ -124,7 +124,7 @@ def _later_shapes(
     return shapes
 
 
-def _token_rows(piece: Any) -> Any:
+def token_rows(piece: Any) -> Any:
     """The token-id tensor of a piece: its own, or its sequences' (preference pairs)."""
     ids = getattr(piece, "input_ids", None)
     if ids is None:
@@ -133,7 +133,7 @@ def _token_rows(piece: Any) -> Any:
 
 
 def _shape(piece: Any) -> tuple[int, int]:
-    ids = _token_rows(piece)
+    ids = token_rows(piece)
     return (int(ids.shape[0]), int(ids.shape[1])) if ids is not None else (0, 0)
 
 
