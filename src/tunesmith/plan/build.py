@@ -118,7 +118,7 @@ def plan_prepared(
     context.runtime_bytes = max(0, resident_bytes() - before_probe - probe.shape_probe_bytes)
     memory = memory_plan(
         parameters, probe, device, context.process_bytes, context.runtime_bytes,
-        shapes=workload.shapes,
+        shapes=workload.shapes, compute_dtype=precision.compute,
     )  # fmt: skip
     timing = time_plan(probe, workload, device)
     price = device.price_per_hour if request.price_per_hour is None else request.price_per_hour
@@ -199,6 +199,7 @@ def _explore(context: _Context, plan: Plan, model_config: Any, probe: ProbeResul
             context.runtime_bytes,
             activation_scale=scale,
             shapes=workload.shapes,
+            compute_dtype=context.precision.compute,
         ).total_bytes
 
     candidates = [b for b in BATCH_CANDIDATES if b <= max(1, len(context.examples))]
