@@ -138,8 +138,8 @@ def memory_plan(
 ) -> MemoryPlan:
     """Sum the components; ``activation_scale`` stretches the probed working set to a
     wider piece (another batch size or max_tokens_per_forward). ``runtime_bytes`` is the
-    CPU process's non-tensor growth in its first step, as the probe measured it, and each
-    the run's other forward shapes (``shapes`` in all) keep what the probe's curve says."""
+    CPU process's non-tensor growth in its first step, as the probe measured it, and the
+    run's other forward shapes (``shapes`` in all) keep what the probe's curve says."""
     optimizer = parameters.trainable_bytes * (1 + ADAM_STATES)  # gradients + two moments
     working = max(0, probe.peak_bytes - optimizer)
     components = {

@@ -124,7 +124,7 @@ def _later_shapes(
     return shapes
 
 
-def token_rows(piece: Any) -> Any:
+def _token_rows(piece: Any) -> Any:
     """The token-id tensor of a piece: its own, or its sequences' (preference pairs)."""
     ids = getattr(piece, "input_ids", None)
     if ids is None:
@@ -133,7 +133,7 @@ def token_rows(piece: Any) -> Any:
 
 
 def _shape(piece: Any) -> tuple[int, int]:
-    ids = token_rows(piece)
+    ids = _token_rows(piece)
     return (int(ids.shape[0]), int(ids.shape[1])) if ids is not None else (0, 0)
 
 
